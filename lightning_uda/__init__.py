@@ -1,0 +1,65 @@
+"""lightning_uda: PyTorch Lightning plugins for unsupervised domain adaptation in segmentation.
+
+The public API is re-exported here: methods (LightningModules), callbacks, data, models, losses
+and mixing functions. See README.md for the quickstart and DESIGN notes.
+"""
+
+from lightning_uda.callbacks import EMATeacher, PseudoLabelThreshold
+from lightning_uda.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from lightning_uda.data import (
+    GTA5,
+    SYNTHIA,
+    Cityscapes,
+    SegmentationFolder,
+    UDADataModule,
+)
+from lightning_uda.losses import (
+    MinimumClassConfusionLoss,
+    cross_entropy,
+    entropy_loss,
+    entropy_map,
+    minimum_class_confusion,
+    pixel_weighted_cross_entropy,
+)
+from lightning_uda.methods import (
+    ClassMixModule,
+    DACSModule,
+    SelfTrainingModule,
+    SourceOnlyModule,
+    UDAModule,
+)
+from lightning_uda.mixing import StrongAugment, class_mix_mask, mix
+from lightning_uda.models import DeepLabV2, Discriminator, TinyUNet, build_segmentor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GTA5",
+    "IGNORE_INDEX",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "SYNTHIA",
+    "Cityscapes",
+    "ClassMixModule",
+    "DACSModule",
+    "DeepLabV2",
+    "Discriminator",
+    "EMATeacher",
+    "MinimumClassConfusionLoss",
+    "PseudoLabelThreshold",
+    "SegmentationFolder",
+    "SelfTrainingModule",
+    "SourceOnlyModule",
+    "StrongAugment",
+    "TinyUNet",
+    "UDADataModule",
+    "UDAModule",
+    "build_segmentor",
+    "class_mix_mask",
+    "cross_entropy",
+    "entropy_loss",
+    "entropy_map",
+    "minimum_class_confusion",
+    "mix",
+    "pixel_weighted_cross_entropy",
+]

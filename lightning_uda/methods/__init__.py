@@ -1,0 +1,17 @@
+"""Adaptation methods as LightningModules (one short file per method)."""
+
+from lightning_uda.methods.base import UDAModule, poly_lr_factor
+from lightning_uda.methods.classmix import ClassMixModule, MixInputs
+from lightning_uda.methods.dacs import DACSModule
+from lightning_uda.methods.self_training import SelfTrainingModule
+from lightning_uda.methods.source_only import SourceOnlyModule
+
+__all__ = [
+    "ClassMixModule",
+    "DACSModule",
+    "MixInputs",
+    "SelfTrainingModule",
+    "SourceOnlyModule",
+    "UDAModule",
+    "poly_lr_factor",
+]

@@ -1,0 +1,407 @@
+"""`UDAModule`: the LightningModule every adaptation method derives from.
+
+The base owns what all methods share (DESIGN.md §3): the segmentor (``self.model``), the optimiser
+with backbone/head parameter groups and an iteration-based poly schedule, a private step counter,
+the optional MCC regulariser, validation/test with per-class IoU (torchmetrics), and prediction.
+
+A method adds its losses by overriding :meth:`UDAModule.adaptation_losses`, a generator that
+yields ``(name, weighted_loss)`` pairs. The base back-propagates each loss as soon as it is
+yielded (``manual_backward``), so the graph of one loss is freed before the next forward runs and
+peak memory stays near that of a single forward/backward (the DACS issue asks for exactly this:
+source loss first, then the mixed loss).
+
+Because of that, the base uses Lightning's *manual optimisation*. Gradient accumulation and
+gradient clipping are therefore module arguments (``accumulate_grad_batches``,
+``gradient_clip_val``) rather than Trainer arguments; Lightning itself rejects the Trainer ones
+with manual optimisation, and :meth:`UDAModule.on_fit_start` says which module argument to use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassJaccardIndex
+
+from lightning_uda.constants import IGNORE_INDEX
+from lightning_uda.losses import MinimumClassConfusionLoss, cross_entropy, upsample_logits
+from lightning_uda.models import build_segmentor, parameter_groups
+
+Losses = Iterator[tuple[str, Tensor]]
+
+
+def poly_lr_factor(step: int, total_steps: int, power: float = 0.9, warmup_steps: int = 0) -> float:
+    """Learning-rate multiplier of the poly schedule, ``(1 - step/total)**power``.
+
+    DACS and AdvEnt decay the learning rate per iteration with power 0.9. ``warmup_steps`` adds the
+    linear warm-up DAFormer uses (factor ``(step + 1) / warmup_steps`` during warm-up).
+
+    Args:
+        step: optimiser steps taken so far (0-based).
+        total_steps: the number of steps of the whole run.
+        power: the poly exponent.
+        warmup_steps: length of the linear warm-up (0 = none).
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return max(0.0, 1.0 - step / max(1, total_steps)) ** power
+
+
+class UDAModule(LightningModule):
+    """Base LightningModule for domain-adaptive semantic segmentation.
+
+    Batches follow DESIGN.md §2: training ``{"source": {"image": B×3×H×W, "mask": B×H×W},
+    "target": {"image": B×3×H×W[, "mask"]}}`` (a target mask is for monitoring only and is never
+    trained on); validation/test ``{"image", "mask"}``; predict ``{"image"[, "orig_size", "path"]}``.
+
+    Args:
+        model: a ready segmentor (``forward(x) -> B×K×h×w`` logits, backbone under ``.encoder``).
+            If ``None`` one is built with :func:`lightning_uda.models.build_segmentor` from
+            ``arch``, ``encoder``, ``num_classes``, ``encoder_weights``, ``checkpoint`` and
+            ``model_kwargs``.
+        num_classes: number of output classes K (19 for Cityscapes train ids).
+        arch: segmentor architecture ("deeplabv2", "tiny_unet" or an smp architecture name).
+        encoder: backbone name for ``arch``.
+        encoder_weights: ``None`` (default, nothing downloaded) or e.g. "imagenet" (opt-in).
+        checkpoint: local path of a state dict to initialise the segmentor from.
+        model_kwargs: extra keyword arguments for the architecture (e.g. DeepLabV2 ``dilations``).
+        optimizer: "sgd" (DACS/AdvEnt recipe) or "adamw" (DAFormer style).
+        lr: backbone learning rate; the head gets ``lr * head_lr_mult``.
+        momentum: SGD momentum.
+        weight_decay: weight decay of both groups.
+        betas: AdamW betas.
+        head_lr_mult: learning-rate multiplier of the head (10 in DACS/AdvEnt).
+        poly_power: exponent of the per-iteration poly decay (0.9).
+        warmup_steps: linear learning-rate warm-up steps (0 = none).
+        total_steps: steps of the schedule; default ``trainer.max_steps`` (or Lightning's estimate).
+        mcc_weight: weight of the Minimum Class Confusion loss on target pixels (0 = off); any
+            method can add MCC as a regulariser this way.
+        mcc_temperature: MCC temperature (2.5 in the paper).
+        mcc_num_pixels: target pixels sampled per batch for MCC (bounds its memory).
+        accumulate_grad_batches: batches per optimiser step.
+        gradient_clip_val: clip the gradient norm of the segmentor to this value (None = off).
+        class_names: names of the K classes for metric keys (default: from the datamodule).
+        class_subsets: metric name → class ids to average, e.g. ``{"mIoU16": [...], "mIoU13":
+            [...]}`` for SYNTHIA (default: from the datamodule, else all classes as "mIoU").
+        ignore_index: label of void pixels (255).
+        seed: seed of the module's own random generator (mixing masks, augmentation, sampling);
+            each DDP rank offsets it by its rank.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        *,
+        num_classes: int = 19,
+        arch: str = "deeplabv2",
+        encoder: str | None = None,
+        encoder_weights: str | None = None,
+        checkpoint: str | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        optimizer: str = "sgd",
+        lr: float = 2.5e-4,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        head_lr_mult: float = 10.0,
+        poly_power: float = 0.9,
+        warmup_steps: int = 0,
+        total_steps: int | None = None,
+        mcc_weight: float = 0.0,
+        mcc_temperature: float = 2.5,
+        mcc_num_pixels: int = 4096,
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: float | None = None,
+        class_names: Sequence[str] | None = None,
+        class_subsets: Mapping[str, Sequence[int]] | None = None,
+        ignore_index: int = IGNORE_INDEX,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        self.automatic_optimization = False
+        if optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+        if accumulate_grad_batches < 1:
+            raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
+        if model is None:
+            model = build_segmentor(
+                arch,
+                num_classes=num_classes,
+                encoder=encoder,
+                encoder_weights=encoder_weights,
+                checkpoint=checkpoint,
+                **(model_kwargs or {}),
+            )
+        self.model = model
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self._class_names = list(class_names) if class_names is not None else None
+        self._class_subsets = (
+            {k: list(v) for k, v in class_subsets.items()} if class_subsets is not None else None
+        )
+        self.mcc_loss = (
+            MinimumClassConfusionLoss(temperature=mcc_temperature, num_pixels=mcc_num_pixels)
+            if mcc_weight > 0
+            else None
+        )
+        # zero_division=nan: a class absent from both prediction and label has no IoU and is left
+        # out of the mean (as Cityscapes' and mmseg's evaluation do), instead of counting as 0.
+        metric_args = dict(
+            num_classes=num_classes,
+            ignore_index=ignore_index,
+            average="none",
+            zero_division=float("nan"),
+        )
+        self.val_iou = MulticlassJaccardIndex(**metric_args)
+        self.test_iou = MulticlassJaccardIndex(**metric_args)
+        #: Optimiser steps of the segmentor taken so far (Lightning's ``global_step`` counts one
+        #: step per optimiser, which is wrong for methods with a discriminator).
+        self.uda_step = 0
+        self._accumulated = 0
+        self.rng = torch.Generator().manual_seed(seed)
+        #: Per-class IoU (percent, CPU) of the last evaluation, by prefix ("val", "test").
+        self.last_iou: dict[str, Tensor] = {}
+
+    # ------------------------------------------------------------------ model and classes
+    def forward(self, images: Tensor) -> Tensor:
+        """Student logits ``B×K×h×w`` (not upsampled) for normalised images ``B×3×H×W``."""
+        return self.model(images)
+
+    def segment(self, images: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        """Logits ``B×K×H'×W'`` upsampled to ``size`` (default: the image size)."""
+        return upsample_logits(self.model(images), size or tuple(images.shape[-2:]))
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names for metric keys: given, else the datamodule's, else ``"0".."K-1"``."""
+        if self._class_names is not None:
+            return self._class_names
+        names = getattr(self._datamodule(), "classes", None)
+        if names is not None and len(names) == self.num_classes:
+            return list(names)
+        return [str(i) for i in range(self.num_classes)]
+
+    @property
+    def class_subsets(self) -> dict[str, list[int]]:
+        """Metric name → class ids averaged into it (the first one is logged as ``mIoU`` too)."""
+        if self._class_subsets is not None:
+            return self._class_subsets
+        subsets = getattr(self._datamodule(), "class_subsets", None)
+        if subsets:
+            return {k: list(v) for k, v in subsets.items()}
+        return {"mIoU": list(range(self.num_classes))}
+
+    def _datamodule(self) -> Any:
+        trainer = self._trainer
+        return getattr(trainer, "datamodule", None) if trainer is not None else None
+
+    # ------------------------------------------------------------------ training
+    def source_loss(self, source: Mapping[str, Tensor]) -> Tensor:
+        """Supervised CE on the source batch (mean over valid pixels)."""
+        logits = self.model(source["image"])
+        return cross_entropy(logits, source["mask"], ignore_index=self.ignore_index)
+
+    def adaptation_losses(self, batch: Mapping[str, Any]) -> Losses:
+        """Yield ``(name, weighted_loss)`` for the adaptation terms of a method.
+
+        Each yielded loss is back-propagated before the generator resumes, so compute one loss,
+        yield it, then compute the next. The base yields the MCC regulariser when
+        ``mcc_weight > 0``; subclasses should ``yield from super().adaptation_losses(batch)``.
+        """
+        if self.mcc_loss is not None:
+            logits = self.model(batch["target"]["image"])
+            yield "mcc", self.hparams.mcc_weight * self.mcc_loss(logits, generator=self.rng)
+
+    def training_losses(self, batch: Mapping[str, Any]) -> Losses:
+        """All losses of one step: the source loss, then :meth:`adaptation_losses`."""
+        yield "source", self.source_loss(batch["source"])
+        yield from self.adaptation_losses(batch)
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        """Back-propagate each loss in turn, then step the optimiser(s) every k batches."""
+        accumulate = self.hparams.accumulate_grad_batches
+        total = torch.zeros((), device=self.device)
+        batch_size = batch["source"]["image"].shape[0]
+        for name, loss in self.training_losses(batch):
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"{type(self).__name__}: the '{name}' loss is {loss.item()} at step "
+                    f"{self.uda_step}; lower the learning rate or check the inputs."
+                )
+            self.manual_backward(loss / accumulate)
+            total = total + loss.detach()
+            self.log(f"train/loss_{name}", loss.detach(), batch_size=batch_size)
+        self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
+        self._accumulated += 1
+        if self._accumulated >= accumulate:
+            self._accumulated = 0
+            self.optimizer_steps()
+            self.uda_step += 1
+            self.after_optimizer_step()
+        return total
+
+    def optimizer_steps(self) -> None:
+        """Clip, step and zero every optimiser, and step the schedulers."""
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        clip = self.hparams.gradient_clip_val
+        for opt in optimizers:
+            if clip is not None:
+                self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        schedulers = self.lr_schedulers()
+        if schedulers is not None:
+            for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+                scheduler.step()
+        self.log("train/lr", optimizers[0].param_groups[0]["lr"], batch_size=1)
+
+    def after_optimizer_step(self) -> None:
+        """Hook run after each real optimiser step (``self.uda_step`` already incremented)."""
+
+    # ------------------------------------------------------------------ optimisation
+    def total_steps(self) -> int:
+        """Length of the poly schedule in optimiser steps."""
+        if self.hparams.total_steps:
+            return int(self.hparams.total_steps)
+        trainer = self.trainer
+        if trainer.max_steps and trainer.max_steps > 0:
+            return int(trainer.max_steps)
+        estimated = trainer.estimated_stepping_batches
+        if not math.isfinite(estimated):
+            raise ValueError(
+                "The poly schedule needs a length: set Trainer(max_steps=N) or the module's "
+                "total_steps=N (UDA training is iteration-based)."
+            )
+        return max(1, int(estimated) // self.hparams.accumulate_grad_batches)
+
+    def segmentor_param_groups(self) -> list[dict[str, Any]]:
+        """Backbone (``lr``) and head (``lr * head_lr_mult``) parameter groups."""
+        backbone, head = parameter_groups(self.model)
+        lr = self.hparams.lr
+        groups = [{"params": backbone, "lr": lr, "name": "backbone"}]
+        if head:
+            groups.append({"params": head, "lr": lr * self.hparams.head_lr_mult, "name": "head"})
+        return [g for g in groups if g["params"]]
+
+    def make_optimizer(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+        """The segmentor optimiser over ``groups`` (SGD or AdamW per ``optimizer``)."""
+        hp = self.hparams
+        if hp.optimizer == "sgd":
+            return torch.optim.SGD(
+                groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
+            )
+        return torch.optim.AdamW(groups, lr=hp.lr, betas=hp.betas, weight_decay=hp.weight_decay)
+
+    def poly_scheduler(
+        self, optimizer: torch.optim.Optimizer, warmup_steps: int = 0
+    ) -> torch.optim.lr_scheduler.LambdaLR:
+        """Per-step poly decay of every group of ``optimizer`` (see :func:`poly_lr_factor`)."""
+        total = self.total_steps()
+        power = self.hparams.poly_power
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: poly_lr_factor(step, total, power=power, warmup_steps=warmup_steps),
+        )
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.make_optimizer(self.segmentor_param_groups())
+        scheduler = self.poly_scheduler(optimizer, warmup_steps=self.hparams.warmup_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}
+
+    def on_fit_start(self) -> None:
+        trainer = self.trainer
+        if trainer.accumulate_grad_batches != 1:
+            raise ValueError(
+                f"{type(self).__name__} steps its optimisers itself (each loss is back-propagated "
+                "separately), so Trainer(accumulate_grad_batches=...) cannot be used: pass "
+                f"accumulate_grad_batches={trainer.accumulate_grad_batches} to the module instead."
+            )
+        if trainer.gradient_clip_val is not None:
+            raise ValueError(
+                f"{type(self).__name__} steps its optimisers itself, so Trainer("
+                "gradient_clip_val=...) cannot be used: pass gradient_clip_val="
+                f"{trainer.gradient_clip_val} to the module instead."
+            )
+        # Different ranks must draw different mixing masks / augmentations.
+        if trainer.world_size > 1 and not getattr(self, "_rng_restored", False):
+            self.rng.manual_seed(self.hparams.seed + trainer.global_rank)
+
+    # ------------------------------------------------------------------ checkpointing
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["uda"] = {
+            "uda_step": self.uda_step,
+            "accumulated": self._accumulated,
+            "rng": self.rng.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("uda")
+        if state is None:  # e.g. a checkpoint of a plain LightningModule: weights only
+            return
+        self.uda_step = int(state["uda_step"])
+        self._accumulated = int(state["accumulated"])
+        self.rng.set_state(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self._rng_restored = True
+
+    # ------------------------------------------------------------------ evaluation
+    def _update_iou(self, metric: MulticlassJaccardIndex, batch: Mapping[str, Tensor]) -> None:
+        mask = batch["mask"]
+        logits = self.segment(batch["image"], size=tuple(mask.shape[-2:]))
+        metric.update(logits.argmax(dim=1), mask)
+
+    def _log_iou(self, metric: MulticlassJaccardIndex, prefix: str) -> dict[str, float]:
+        per_class = metric.compute() * 100.0  # percent, as the papers report
+        metric.reset()
+        results: dict[str, float] = {}
+        for name, iou in zip(self.class_names, per_class, strict=True):
+            results[f"{prefix}/IoU/{name}"] = float(iou)
+        for i, (subset_name, ids) in enumerate(self.class_subsets.items()):
+            value = float(torch.nanmean(per_class[ids]))
+            results[f"{prefix}/{subset_name}"] = value
+            if i == 0 and subset_name != "mIoU":
+                results[f"{prefix}/mIoU"] = value
+        # NaN (a class absent from prediction and label) would poison loggers' plots; skip it.
+        self.log_dict(
+            {k: v for k, v in results.items() if not math.isnan(v)}, sync_dist=False
+        )
+        self.last_iou[prefix] = per_class.cpu()
+        return results
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        self._update_iou(self.val_iou, batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_iou(self.val_iou, "val")
+
+    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        self._update_iou(self.test_iou, batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_iou(self.test_iou, "test")
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Full-resolution train-id label maps.
+
+        Returns ``{"pred": list of H_i×W_i long tensors, "path": list | None}``; each map has the
+        item's ``orig_size`` when the batch carries it (so predictions can be written as
+        Cityscapes labelId PNGs at the original resolution), else the image size.
+        """
+        images = batch["image"]
+        logits = self.model(images)
+        sizes = batch.get("orig_size")
+        preds = []
+        for i in range(images.shape[0]):
+            size = tuple(int(s) for s in sizes[i]) if sizes is not None else images.shape[-2:]
+            preds.append(upsample_logits(logits[i : i + 1], tuple(size)).argmax(dim=1)[0])
+        return {"pred": preds, "path": batch.get("path")}

@@ -1,0 +1,130 @@
+"""`ClassMixModule`: ClassMix (Olsson et al., WACV 2021) in the UDA setting.
+
+Algorithm per step (one line per yielded loss):
+1. source CE on the labelled source batch;
+2. teacher pseudo-labels ŷ and weights w on the un-augmented target batch;
+3. ClassMix: each target image A is paired with another target image B (the batch rolled by one);
+   half of the classes of ŷ_A (floor(n/2), ignore excluded) form the mask M;
+   x = M·x_A + (1−M)·x_B, y = M·ŷ_A + (1−M)·ŷ_B (= argmax of the mixed softmax), w likewise;
+4. strong augmentation of x; mixed CE = mean over all pixels of w × CE(student(x), y).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from torch import Tensor, nn
+
+from lightning_uda.losses import pixel_weighted_cross_entropy
+from lightning_uda.methods.base import Losses
+from lightning_uda.methods.self_training import SelfTrainingModule
+from lightning_uda.mixing import StrongAugment, class_mix_mask, mix
+
+
+class MixInputs(NamedTuple):
+    """The two sides of a mix: ``foreground`` pixels are pasted where the mask is 1.
+
+    Images are B×3×H×W (normalised), labels B×H×W long, weights B×H×W float.
+    """
+
+    foreground_image: Tensor
+    foreground_label: Tensor
+    foreground_weight: Tensor
+    background_image: Tensor
+    background_label: Tensor
+    background_weight: Tensor
+
+
+class ClassMixModule(SelfTrainingModule):
+    """ClassMix between target images, plus the supervised source loss.
+
+    Overridable hooks, so a variant is a few lines: :meth:`mix_inputs` (what is pasted onto
+    what), :meth:`mix_mask` (which pixels), :meth:`pseudo_label` (labels + weights),
+    :meth:`strong_augment`, :meth:`mixed_loss`.
+
+    Args:
+        mix_mode: "per_image" (ClassMix/DACS) or "per_batch" (DAFormer) class choice.
+        mix_rounding: "floor" (ClassMix: half of the pseudo-label classes, rounded down) or
+            "ceil" (DACS: half of the source classes, rounded up).
+        mixed_weight: weight of the mixed loss (1).
+        strong_augmentation: apply DACS' colour jitter + blur to the mixed images.
+        **kwargs: see :class:`SelfTrainingModule` and :class:`UDAModule`.
+    """
+
+    default_mix_rounding = "floor"
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        *,
+        mix_mode: str = "per_image",
+        mix_rounding: str | None = None,
+        mixed_weight: float = 1.0,
+        strong_augmentation: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, **kwargs)
+        if mix_mode not in ("per_image", "per_batch"):
+            raise ValueError(f"mix_mode must be 'per_image' or 'per_batch', got {mix_mode!r}")
+        self.mix_rounding = mix_rounding or self.default_mix_rounding
+        if self.mix_rounding not in ("floor", "ceil"):
+            raise ValueError(f"mix_rounding must be 'floor' or 'ceil', got {mix_rounding!r}")
+        self.augment = StrongAugment() if strong_augmentation else None
+
+    # ------------------------------------------------------------------ hooks
+    def mix_inputs(
+        self, batch: Mapping[str, Any], pseudo_labels: Tensor, pseudo_weights: Tensor
+    ) -> MixInputs:
+        """ClassMix pairs target image i (foreground) with target image i−1 (background)."""
+        images = batch["target"]["image"]
+        return MixInputs(
+            foreground_image=images,
+            foreground_label=pseudo_labels,
+            foreground_weight=pseudo_weights,
+            background_image=images.roll(1, dims=0),
+            background_label=pseudo_labels.roll(1, dims=0),
+            background_weight=pseudo_weights.roll(1, dims=0),
+        )
+
+    def mix_mask(self, labels: Tensor) -> Tensor:
+        """B×H×W bool mask: pixels of half of the classes of ``labels`` (the foreground's)."""
+        return class_mix_mask(
+            labels,
+            ignore_index=self.ignore_index,
+            mode=self.hparams.mix_mode,
+            rounding=self.mix_rounding,
+            generator=self.rng,
+        )
+
+    def strong_augment(
+        self, images: Tensor, labels: Tensor, weights: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """DACS' colour jitter and Gaussian blur on the mixed batch (labels/weights unchanged)."""
+        if self.augment is None:
+            return images, labels, weights
+        return self.augment(images, labels, weights, generator=self.rng)
+
+    def mixed_loss(self, images: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
+        """Mean over all pixels of weight × CE of the student on the mixed images (DACS)."""
+        logits = self.model(images)
+        return pixel_weighted_cross_entropy(
+            logits, labels, weights, ignore_index=self.ignore_index
+        )
+
+    # ------------------------------------------------------------------ algorithm
+    def adaptation_losses(self, batch: Mapping[str, Any]) -> Losses:
+        yield from super().adaptation_losses(batch)
+        target = batch["target"]
+        pseudo_labels, pseudo_weights = self.pseudo_label(
+            target["image"], monitor_mask=target.get("mask")
+        )
+        parts = self.mix_inputs(batch, pseudo_labels, pseudo_weights)
+        mask = self.mix_mask(parts.foreground_label)
+        images = mix(mask, parts.foreground_image, parts.background_image)
+        labels = mix(mask, parts.foreground_label, parts.background_label)
+        weights = mix(mask, parts.foreground_weight, parts.background_weight)
+        images, labels, weights = self.strong_augment(images, labels, weights)
+        self.log("train/mix_fraction", mask.float().mean(), batch_size=mask.shape[0])
+        self._last_mix = {"image": images.detach(), "label": labels, "weight": weights}
+        yield "mixed", self.hparams.mixed_weight * self.mixed_loss(images, labels, weights)
