@@ -109,8 +109,22 @@ class EMATeacher(Callback):
         self._last_step = step
         coefficient = ema_coefficient(self.updates, self.alpha, self.warmup)
         ema_update(pl_module.teacher, pl_module.model, coefficient, buffers=self.buffers)
+        if self.buffers != "none" and trainer.world_size > 1:
+            self._broadcast_buffers(pl_module.teacher)
         self.updates += 1
         pl_module.log("train/ema_alpha", coefficient, batch_size=1)
+
+    @staticmethod
+    @torch.no_grad()
+    def _broadcast_buffers(teacher: nn.Module) -> None:
+        # Parameters are identical on every rank (DDP all-reduces gradients), but each rank's
+        # student BatchNorm statistics come from its own shard. DDP treats rank 0's buffers as
+        # the truth (broadcast_buffers); do the same for the teacher so ranks never disagree.
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            for buffer in teacher.buffers():
+                dist.broadcast(buffer, src=0)
 
     def state_dict(self) -> dict[str, Any]:
         return {"updates": self.updates, "last_step": self._last_step}

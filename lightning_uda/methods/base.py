@@ -314,8 +314,16 @@ class UDAModule(LightningModule):
         scheduler = self.poly_scheduler(optimizer, warmup_steps=self.hparams.warmup_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}
 
-    def on_fit_start(self) -> None:
-        trainer = self.trainer
+    def configure_callbacks(self) -> list[Any]:
+        # Checked here because Lightning validates Trainer flags against manual optimisation right
+        # after this hook, with an error that does not name the module argument to use instead.
+        self._check_trainer_flags()
+        return []
+
+    def _check_trainer_flags(self) -> None:
+        trainer = self._trainer
+        if trainer is None:
+            return
         if trainer.accumulate_grad_batches != 1:
             raise ValueError(
                 f"{type(self).__name__} steps its optimisers itself (each loss is back-propagated "
@@ -328,18 +336,28 @@ class UDAModule(LightningModule):
                 "gradient_clip_val=...) cannot be used: pass gradient_clip_val="
                 f"{trainer.gradient_clip_val} to the module instead."
             )
+
+    def on_fit_start(self) -> None:
         # Different ranks must draw different mixing masks / augmentations.
-        if trainer.world_size > 1 and not getattr(self, "_rng_restored", False):
-            self.rng.manual_seed(self.hparams.seed + trainer.global_rank)
+        if self.trainer.world_size > 1 and not getattr(self, "_rng_restored", False):
+            self.rng.manual_seed(self.hparams.seed + self.trainer.global_rank)
 
     # ------------------------------------------------------------------ checkpointing
+    def _gather_rank_states(self, state: Tensor) -> list[Tensor]:
+        """Every rank's copy of a CPU ``uint8`` RNG state (the checkpoint is written by rank 0)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return [state]
+        gathered = self.all_gather(state.to(self.device))
+        return [s.cpu() for s in gathered]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Called on every rank; per-rank RNG states keep a resumed DDP run on the same stream.
         checkpoint["uda"] = {
             "uda_step": self.uda_step,
             "accumulated": self._accumulated,
-            "rng": self.rng.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "rng": self._gather_rank_states(self.rng.get_state()),
+            "torch_rng": self._gather_rank_states(torch.get_rng_state()),
+            "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -348,11 +366,13 @@ class UDAModule(LightningModule):
             return
         self.uda_step = int(state["uda_step"])
         self._accumulated = int(state["accumulated"])
-        self.rng.set_state(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        if rank < len(state["rng"]):
+            self.rng.set_state(state["rng"][rank])
+            torch.set_rng_state(state["torch_rng"][rank])
+            self._rng_restored = True
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self._rng_restored = True
+            torch.cuda.set_rng_state(state["cuda_rng"])
 
     # ------------------------------------------------------------------ evaluation
     def _update_iou(self, metric: MulticlassJaccardIndex, batch: Mapping[str, Tensor]) -> None:

@@ -61,8 +61,8 @@ class SelfTrainingModule(UDAModule):
 
     # ------------------------------------------------------------------ callbacks
     def configure_callbacks(self) -> list[Callback]:
+        defaults: list[Callback] = super().configure_callbacks()
         existing = self.trainer.callbacks if self._trainer is not None else []
-        defaults: list[Callback] = []
         if not any(isinstance(c, EMATeacher) for c in existing):
             defaults.append(
                 EMATeacher(

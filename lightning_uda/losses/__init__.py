@@ -1,0 +1,21 @@
+"""Losses (torch only): segmentation cross-entropy, AdvEnt entropy, minimum class confusion."""
+
+from __future__ import annotations
+
+from lightning_uda.losses.cross_entropy import (
+    cross_entropy,
+    pixel_weighted_cross_entropy,
+    upsample_logits,
+)
+from lightning_uda.losses.entropy import entropy_loss, entropy_map
+from lightning_uda.losses.mcc import MinimumClassConfusionLoss, minimum_class_confusion
+
+__all__ = [
+    "MinimumClassConfusionLoss",
+    "cross_entropy",
+    "entropy_loss",
+    "entropy_map",
+    "minimum_class_confusion",
+    "pixel_weighted_cross_entropy",
+    "upsample_logits",
+]

@@ -1,0 +1,56 @@
+"""Tests for lightning_uda/losses/entropy.py (AdvEnt weighted self-information)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_uda.losses import entropy_loss, entropy_map
+
+
+@pytest.mark.parametrize("num_classes", [2, 5, 19])
+def test_uniform_softmax_gives_one_over_c_per_channel(num_classes: int) -> None:
+    probs = torch.full((2, num_classes, 3, 4), 1.0 / num_classes)
+    information = entropy_map(probs)
+    assert information.shape == probs.shape
+    # -(1/C)·log2(1/C)/log2(C) = 1/C per channel, channel sum 1 (maximal normalised entropy).
+    assert torch.allclose(information, torch.full_like(probs, 1.0 / num_classes), atol=1e-6)
+    assert torch.allclose(information.sum(1), torch.ones(2, 3, 4), atol=1e-6)
+    assert entropy_loss(probs).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_one_hot_gives_zero() -> None:
+    labels = torch.tensor([[[0, 1], [2, 1]]])
+    probs = torch.nn.functional.one_hot(labels, 3).permute(0, 3, 1, 2).float()
+    assert torch.equal(entropy_map(probs), torch.zeros_like(probs))
+    assert entropy_loss(probs).item() == 0.0
+
+
+def test_gradient_finite_at_zero_probability() -> None:
+    probs = torch.tensor([1.0, 0.0, 0.0, 0.5, 0.5, 0.0]).view(2, 3, 1, 1).requires_grad_()
+    entropy_loss(probs).backward()
+    assert torch.isfinite(probs.grad).all()
+    logits = torch.tensor([[60.0, -60.0, 0.0]]).view(1, 3, 1, 1).requires_grad_()
+    entropy_loss(torch.softmax(logits, dim=1)).backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_hand_computed_two_class() -> None:
+    # p = (1/4, 3/4): I_0 = -(1/4)·log2(1/4) = 0.5, I_1 = -(3/4)·log2(3/4) = 0.3112781 (log2 C = 1).
+    # Second pixel uniform: I = (0.5, 0.5). Loss = mean over the 2 pixels of the channel sums
+    # = (0.8112781 + 1) / 2 = 0.9056391.
+    probs = torch.tensor([[[[0.25, 0.5]], [[0.75, 0.5]]]])  # 1×2×1×2
+    information = entropy_map(probs)
+    assert information[0, :, 0, 0].tolist() == pytest.approx([0.5, 0.3112781], abs=1e-6)
+    assert entropy_loss(probs).item() == pytest.approx(0.9056391, abs=1e-6)
+
+
+def test_hand_computed_three_class_normalisation() -> None:
+    # p = (1/2, 1/4, 1/4): entropy 1.5 bits, divided by log2 3 = 1.5849625 -> 0.9463946.
+    probs = torch.tensor([0.5, 0.25, 0.25]).view(1, 3, 1, 1)
+    assert entropy_loss(probs).item() == pytest.approx(0.9463946, abs=1e-6)
+
+
+def test_single_channel_is_rejected() -> None:
+    with pytest.raises(ValueError, match="at least 2 channels"):
+        entropy_map(torch.ones(1, 1, 2, 2))

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from torch import nn
+from torch.utils.data import DataLoader
+
+from lightning_uda.methods import SourceOnlyModule, poly_lr_factor
+
+from .helpers import toy_datamodule, tiny_module_kwargs
+
+
+def test_poly_lr_factor_closed_form():
+    assert poly_lr_factor(0, 100) == 1.0
+    assert poly_lr_factor(50, 100, power=0.9) == pytest.approx(0.5**0.9)
+    assert poly_lr_factor(100, 100) == 0.0
+    assert poly_lr_factor(150, 100) == 0.0  # never negative
+    # linear warm-up first (DAFormer), then poly
+    assert poly_lr_factor(0, 100, warmup_steps=10) == pytest.approx(0.1)
+    assert poly_lr_factor(9, 100, warmup_steps=10) == pytest.approx(1.0)
+    assert poly_lr_factor(10, 100, warmup_steps=10) == pytest.approx(0.9**0.9)
+
+
+class OneHotModel(nn.Module):
+    """Predicts the class id stored in channel 0 of the image (for hand-made confusion cases)."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.encoder = nn.Identity()
+        self.num_classes = num_classes
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        one_hot = nn.functional.one_hot(x[:, 0].long(), self.num_classes)
+        return one_hot.permute(0, 3, 1, 2).float() * 10 + self.dummy
+
+
+def test_validation_miou_equals_hand_computed_confusion_matrix():
+    # 3 classes; prediction and label over 8 pixels (one ignored):
+    pred = torch.tensor([[0, 0, 1, 1, 2, 2, 0, 1]])
+    label = torch.tensor([[0, 1, 1, 1, 2, 0, 255, 1]])
+    # class 0: TP=1 (px0), FP=1 (px1), FN=1 (px5) → 1/3
+    # class 1: TP=3 (px2,3,7), FP=0, FN=1 (px1)   → 3/4
+    # class 2: TP=1 (px4), FP=1 (px5), FN=0       → 1/2   (px6 is ignored)
+    expected = torch.tensor([1 / 3, 3 / 4, 1 / 2]) * 100
+    image = pred.float().view(1, 1, 1, 8).expand(1, 3, 1, 8)
+    data = [{"image": image[0], "mask": label.view(1, 8)}]
+    module = SourceOnlyModule(OneHotModel(3), num_classes=3, class_names=["a", "b", "c"])
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    (metrics,) = trainer.validate(module, dataloaders=DataLoader(data, batch_size=1))
+    assert torch.allclose(module.last_iou["val"], expected)
+    assert metrics["val/mIoU"] == pytest.approx(float(expected.mean()), rel=1e-5)
+    assert metrics["val/IoU/b"] == pytest.approx(75.0)
+
+
+def test_class_absent_everywhere_is_left_out_of_the_mean_and_subsets_are_reported():
+    pred = torch.tensor([[0, 0, 1, 1]])
+    label = torch.tensor([[0, 0, 1, 0]])  # class 2 never appears: no IoU, not a zero
+    image = pred.float().view(1, 1, 1, 4).expand(1, 3, 1, 4)
+    data = [{"image": image[0], "mask": label.view(1, 4)}]
+    module = SourceOnlyModule(
+        OneHotModel(3), num_classes=3, class_subsets={"mIoU3": [0, 1, 2], "mIoU1": [1]}
+    )
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    (metrics,) = trainer.validate(module, dataloaders=DataLoader(data, batch_size=1))
+    # class 0: TP 2, FN 1 → 2/3; class 1: TP 1, FP 1 → 1/2
+    assert math.isnan(float(module.last_iou["val"][2]))
+    assert metrics["val/mIoU3"] == pytest.approx((200 / 3 + 50) / 2, rel=1e-5)
+    assert metrics["val/mIoU"] == metrics["val/mIoU3"]  # the first subset is the headline
+    assert metrics["val/mIoU1"] == pytest.approx(50.0)
+
+
+def test_source_only_fits_with_finite_loss_and_poly_schedule(tmp_path):
+    torch.manual_seed(0)
+    module = SourceOnlyModule(**tiny_module_kwargs())
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=5,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=1,
+        val_check_interval=5,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=toy_datamodule())
+    assert module.uda_step == 5
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert "val/mIoU" in trainer.callback_metrics
+    # after 5 of 5 steps the poly factor is 0: both groups' lr reached 0
+    assert [g["lr"] for g in module.optimizers().param_groups] == [0.0, 0.0]
+
+
+def test_trainer_level_accumulation_and_clipping_are_rejected_with_the_fix():
+    module = SourceOnlyModule(**tiny_module_kwargs())
+    trainer = Trainer(accelerator="cpu", max_steps=2, accumulate_grad_batches=2, logger=False)
+    with pytest.raises(ValueError, match="accumulate_grad_batches=2 to the module instead"):
+        trainer.fit(module, datamodule=toy_datamodule())
+    trainer = Trainer(accelerator="cpu", max_steps=2, gradient_clip_val=1.0, logger=False)
+    with pytest.raises(ValueError, match="gradient_clip_val=1.0 to the module instead"):
+        trainer.fit(module, datamodule=toy_datamodule())
+
+
+def test_module_level_accumulation_steps_every_k_batches():
+    module = SourceOnlyModule(accumulate_grad_batches=2, **tiny_module_kwargs())
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=toy_datamodule())
+    assert module.uda_step == 3
+    assert trainer.fit_loop.epoch_loop.batch_progress.total.completed == 6
+
+
+def test_predict_returns_label_maps_at_original_size():
+    module = SourceOnlyModule(**tiny_module_kwargs())
+    batch = {"image": torch.randn(2, 3, 16, 16), "orig_size": torch.tensor([[32, 48], [32, 48]])}
+    out = module.predict_step(batch, 0)
+    assert [tuple(p.shape) for p in out["pred"]] == [(32, 48), (32, 48)]
+    assert out["pred"][0].dtype == torch.long
