@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         UDADataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        args=args,
+        args=None if argv is None else args,  # None: LightningCLI reads sys.argv itself
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )

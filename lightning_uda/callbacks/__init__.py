@@ -1,6 +1,19 @@
 """Lightning callbacks: the EMA teacher, pseudo-label thresholding, prediction export, panels."""
 
 from lightning_uda.callbacks.ema import EMATeacher, ema_coefficient, ema_update
+from lightning_uda.callbacks.panels import SegmentationPanels
+from lightning_uda.callbacks.prediction_writer import (
+    CityscapesPredictionWriter,
+    train_ids_to_label_ids,
+)
 from lightning_uda.callbacks.pseudo_label import PseudoLabelThreshold
 
-__all__ = ["EMATeacher", "PseudoLabelThreshold", "ema_coefficient", "ema_update"]
+__all__ = [
+    "CityscapesPredictionWriter",
+    "EMATeacher",
+    "PseudoLabelThreshold",
+    "SegmentationPanels",
+    "ema_coefficient",
+    "ema_update",
+    "train_ids_to_label_ids",
+]

@@ -1,0 +1,65 @@
+"""Data: datasets (Cityscapes, GTA5, SYNTHIA, your own folders), transforms, ``UDADataModule``.
+
+Items are ``{"image": float 3×H×W (ImageNet-normalised RGB), "mask": long H×W}`` with train ids
+``0..C-1`` and 255 = ignore; see :mod:`lightning_uda.data.datamodule` for training batches.
+"""
+
+from lightning_uda.data.datamodule import DomainSampler, UDADataModule
+from lightning_uda.data.datasets import (
+    GTA5,
+    SYNTHIA,
+    Cityscapes,
+    DatasetLayoutError,
+    SegmentationFolder,
+    UnknownLabelError,
+    read_image,
+)
+from lightning_uda.data.labels import (
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_ID_TO_TRAIN_ID,
+    CITYSCAPES_LABELS,
+    CITYSCAPES_PALETTE,
+    SYNTHIA_13_CLASSES,
+    SYNTHIA_16_CLASSES,
+    SYNTHIA_ID_TO_TRAIN_ID,
+    TRAIN_ID_TO_CITYSCAPES_ID,
+    colorize,
+)
+from lightning_uda.data.transforms import (
+    PRESETS,
+    normalize_transform,
+    preset,
+    train_transform,
+    val_transform,
+)
+
+# --- demo exports (lightning_uda/data/demo.py, owned by another team member): add them here. ---
+# from lightning_uda.data.demo import ...
+# --- end of demo exports ---
+
+__all__ = [
+    "CITYSCAPES_CLASSES",
+    "CITYSCAPES_ID_TO_TRAIN_ID",
+    "CITYSCAPES_LABELS",
+    "CITYSCAPES_PALETTE",
+    "GTA5",
+    "PRESETS",
+    "SYNTHIA",
+    "SYNTHIA_13_CLASSES",
+    "SYNTHIA_16_CLASSES",
+    "SYNTHIA_ID_TO_TRAIN_ID",
+    "TRAIN_ID_TO_CITYSCAPES_ID",
+    "Cityscapes",
+    "DatasetLayoutError",
+    "DomainSampler",
+    "SegmentationFolder",
+    "UDADataModule",
+    "UnknownLabelError",
+    "colorize",
+    "normalize_transform",
+    "preset",
+    "read_image",
+    "train_transform",
+    "val_transform",
+    # demo exports: add their names here.
+]
