@@ -81,6 +81,14 @@ def parse_args(description: str, default_steps: int = 250_000) -> argparse.Names
     return parser.parse_args()
 
 
+def _strategy(args: argparse.Namespace) -> str:
+    if args.devices <= 1:
+        return "auto"
+    # AdvEnt back-propagates the segmentor and discriminator losses separately, so each backward
+    # leaves some parameters without gradients; DDP must be told (the module checks this).
+    return "ddp_find_unused_parameters_true" if args.method == "advent" else "ddp"
+
+
 def run(
     args: argparse.Namespace,
     source_factory: Callable[[Path, Any], Dataset],
@@ -98,9 +106,7 @@ def run(
         transform=preset("cityscapes_train", crop=crop_size),
         return_mask=False,
     )
-    val = Cityscapes(
-        args.data_root / "cityscapes", split="val", transform=preset("cityscapes_val")
-    )
+    val = Cityscapes(args.data_root / "cityscapes", split="val", transform=preset("cityscapes_val"))
     datamodule = UDADataModule(
         source=source,
         target=target,
@@ -139,7 +145,7 @@ def run(
     trainer = Trainer(
         accelerator=args.accelerator,
         devices=args.devices,
-        strategy="ddp" if args.devices > 1 else "auto",
+        strategy=_strategy(args),
         precision=args.precision,
         max_steps=args.max_steps,
         max_epochs=-1,

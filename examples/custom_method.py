@@ -14,9 +14,9 @@ import argparse
 
 import torch
 from lightning.pytorch import Trainer, seed_everything
-from lightning_uda.data.demo import demo_datamodule
 from torch import Tensor
 
+from lightning_uda.data.demo import demo_datamodule
 from lightning_uda.demo import DEMO_BATCH_SIZE, DEMO_METHODS, DEMO_RECIPE
 from lightning_uda.methods import DACSModule
 from lightning_uda.mixing import class_mix_mask

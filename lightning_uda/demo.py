@@ -46,11 +46,17 @@ DEMO_BATCH_SIZE = 16
 #: name → (module class, extra arguments, train on labelled target?)
 DEMO_METHODS: dict[str, tuple[type[UDAModule], dict[str, Any], bool]] = {
     "source_only": (SourceOnlyModule, {}, False),
-    "classmix": (ClassMixModule, {}, False),
-    "dacs": (DACSModule, {}, False),
+    # Self-training starts after 300 source-only steps: with pseudo-labels from step 0 the
+    # teacher labels photo texture as ink and DACS diverged on 1 of 3 seeds (measured; see
+    # lightning_uda/data/demo.py). α, τ and the augmentation are DACS' own.
+    "classmix": (ClassMixModule, {"mix_warmup_steps": 300}, False),
+    "dacs": (DACSModule, {"mix_warmup_steps": 300}, False),
     "minent": (MinEntModule, {}, False),
     "advent": (AdvEntModule, {}, False),
-    "mcc": (MCCModule, {}, False),
+    # MCC pushes predictions towards balanced classes; with 11 classes of which background is
+    # ~80% of the pixels, the paper's λ=1 collapsed the demo model (13 mIoU) and 0.1 lost a
+    # point, so the demo uses 0.02 (measured on seed 0; the class default stays 1).
+    "mcc": (MCCModule, {"mcc_weight": 0.02}, False),
     "oracle": (SourceOnlyModule, {}, True),
 }
 

@@ -1,4 +1,4 @@
-"""`EMATeacher`: keeps ``pl_module.teacher`` an exponential moving average of ``pl_module.model``."""
+"""`EMATeacher`: keeps ``pl_module.teacher`` an exponential moving average of the student."""
 
 from __future__ import annotations
 
@@ -70,7 +70,9 @@ class EMATeacher(Callback):
         if not 0.0 <= alpha < 1.0:
             raise ValueError(f"EMATeacher alpha must be in [0, 1), got {alpha}")
         if buffers not in ("copy", "average", "none"):
-            raise ValueError(f"EMATeacher buffers must be 'copy', 'average' or 'none', got {buffers!r}")
+            raise ValueError(
+                f"EMATeacher buffers must be 'copy', 'average' or 'none', got {buffers!r}"
+            )
         self.alpha = alpha
         self.warmup = warmup
         self.buffers = buffers

@@ -45,9 +45,7 @@ class SegmentationPanels(Callback):
                 return logger
         return None
 
-    def _masks(
-        self, pl_module: LightningModule, **masks: Tensor
-    ) -> dict[str, dict[str, Any]]:
+    def _masks(self, pl_module: LightningModule, **masks: Tensor) -> dict[str, dict[str, Any]]:
         names = getattr(pl_module, "class_names", None) or []
         class_labels = {i: n for i, n in enumerate(names)} | {IGNORE_INDEX: "ignore"}
         return {

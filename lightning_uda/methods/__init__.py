@@ -1,15 +1,23 @@
 """Adaptation methods as LightningModules (one short file per method)."""
 
+from lightning_uda.methods.advent import AdvEntModule
 from lightning_uda.methods.base import UDAModule, poly_lr_factor
 from lightning_uda.methods.classmix import ClassMixModule, MixInputs
 from lightning_uda.methods.dacs import DACSModule
+from lightning_uda.methods.mcc import MCCModule
+from lightning_uda.methods.minent import MinEntModule
+from lightning_uda.methods.multi_level import MultiLevelModule
 from lightning_uda.methods.self_training import SelfTrainingModule
 from lightning_uda.methods.source_only import SourceOnlyModule
 
 __all__ = [
+    "AdvEntModule",
     "ClassMixModule",
     "DACSModule",
+    "MCCModule",
+    "MinEntModule",
     "MixInputs",
+    "MultiLevelModule",
     "SelfTrainingModule",
     "SourceOnlyModule",
     "UDAModule",

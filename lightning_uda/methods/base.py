@@ -56,7 +56,8 @@ class UDAModule(LightningModule):
 
     Batches follow DESIGN.md §2: training ``{"source": {"image": B×3×H×W, "mask": B×H×W},
     "target": {"image": B×3×H×W[, "mask"]}}`` (a target mask is for monitoring only and is never
-    trained on); validation/test ``{"image", "mask"}``; predict ``{"image"[, "orig_size", "path"]}``.
+    trained on); validation/test ``{"image", "mask"}``; predict
+    ``{"image"[, "orig_size", "path"]}``.
 
     Args:
         model: a ready segmentor (``forward(x) -> B×K×h×w`` logits, backbone under ``.encoder``).
@@ -392,9 +393,7 @@ class UDAModule(LightningModule):
             if i == 0 and subset_name != "mIoU":
                 results[f"{prefix}/mIoU"] = value
         # NaN (a class absent from prediction and label) would poison loggers' plots; skip it.
-        self.log_dict(
-            {k: v for k, v in results.items() if not math.isnan(v)}, sync_dist=False
-        )
+        self.log_dict({k: v for k, v in results.items() if not math.isnan(v)}, sync_dist=False)
         self.last_iou[prefix] = per_class.cpu()
         return results
 

@@ -48,6 +48,9 @@ class ClassMixModule(SelfTrainingModule):
         mix_rounding: "floor" (ClassMix: half of the pseudo-label classes, rounded down) or
             "ceil" (DACS: half of the source classes, rounded up).
         mixed_weight: weight of the mixed loss (1).
+        mix_warmup_steps: train on the source only for this many steps before the mixed loss
+            starts (0 = from the first step, as DACS), so the first pseudo-labels come from a
+            teacher that has learnt the source task; the teacher follows the student throughout.
         strong_augmentation: apply DACS' colour jitter + blur to the mixed images.
         **kwargs: see :class:`SelfTrainingModule` and :class:`UDAModule`.
     """
@@ -61,6 +64,7 @@ class ClassMixModule(SelfTrainingModule):
         mix_mode: str = "per_image",
         mix_rounding: str | None = None,
         mixed_weight: float = 1.0,
+        mix_warmup_steps: int = 0,
         strong_augmentation: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -108,13 +112,13 @@ class ClassMixModule(SelfTrainingModule):
     def mixed_loss(self, images: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
         """Mean over all pixels of weight × CE of the student on the mixed images (DACS)."""
         logits = self.model(images)
-        return pixel_weighted_cross_entropy(
-            logits, labels, weights, ignore_index=self.ignore_index
-        )
+        return pixel_weighted_cross_entropy(logits, labels, weights, ignore_index=self.ignore_index)
 
     # ------------------------------------------------------------------ algorithm
     def adaptation_losses(self, batch: Mapping[str, Any]) -> Losses:
         yield from super().adaptation_losses(batch)
+        if self.uda_step < self.hparams.mix_warmup_steps:
+            return
         target = batch["target"]
         pseudo_labels, pseudo_weights = self.pseudo_label(
             target["image"], monitor_mask=target.get("mask")

@@ -1,4 +1,4 @@
-"""`SourceOnlyModule`: supervised training on the source domain only (the no-adaptation baseline)."""
+"""`SourceOnlyModule`: supervised training on the source domain only (no adaptation)."""
 
 from __future__ import annotations
 

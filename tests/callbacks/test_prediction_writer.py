@@ -31,7 +31,9 @@ def test_predict_writes_full_resolution_label_id_pngs(fixtures_root, tmp_path):
     )
     module = SourceOnlyModule(num_classes=19, arch="tiny_unet")
     writer = CityscapesPredictionWriter(tmp_path / "preds")
-    trainer = Trainer(accelerator="cpu", logger=False, callbacks=[writer], enable_progress_bar=False)
+    trainer = Trainer(
+        accelerator="cpu", logger=False, callbacks=[writer], enable_progress_bar=False
+    )
     trainer.predict(module, dataloaders=DataLoader(dataset, batch_size=1), return_predictions=False)
     written = sorted((tmp_path / "preds").iterdir())
     assert [p.name for p in written] == [f"{FRAME}_pred_labelIds.png"]

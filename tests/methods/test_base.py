@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from lightning_uda.methods import SourceOnlyModule, poly_lr_factor
 
-from .helpers import toy_datamodule, tiny_module_kwargs
+from .helpers import tiny_module_kwargs, toy_datamodule
 
 
 def test_poly_lr_factor_closed_form():

@@ -59,8 +59,10 @@ def test_teacher_equals_student_after_first_update_with_warmup(tmp_path):
     module = DACSModule(**tiny_module_kwargs())
     trainer = _trainer(tmp_path, max_steps=1)
     trainer.fit(module, datamodule=toy_datamodule())
-    for t, s in zip(module.teacher.state_dict().values(), module.model.state_dict().values()):
-        assert torch.equal(t, s)
+    teacher, student = module.teacher.state_dict(), module.model.state_dict()
+    assert teacher.keys() == student.keys()
+    for key, value in teacher.items():
+        assert torch.equal(value, student[key]), key
 
 
 def test_dacs_mix_pastes_source_gt_with_weight_one_on_target_pseudo_labels():

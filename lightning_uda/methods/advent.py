@@ -1,0 +1,259 @@
+"""`AdvEntModule`: adversarial entropy minimisation (Vu et al., AdvEnt, CVPR 2019, §3.2).
+
+Algorithm per iteration (labels: source = 0, target = 1; BCE-with-logits; I = weighted
+self-information map ``-P·log2(P) / log2(K)`` of the softmax of the logits interpolated to the
+input size):
+1. segmentor step, discriminators frozen:
+   a. source CE on the labelled source batch (+ 0.1 × the auxiliary output's CE);
+   b. adversarial loss λ_adv · BCE(D(I_t), 0): the target entropy map labelled as *source*
+      (+ λ_adv_aux · the same for the auxiliary output and its own discriminator);
+   c. SGD step of the segmentor (poly decay).
+2. discriminator step, on maps detached from the segmentor:
+   L_D = ½ BCE(D(I_s), 0) + ½ BCE(D(I_t), 1) per level; Adam step (poly decay).
+λ_adv = 0.001, λ_adv_aux = 0.0002; D: Adam lr 1e-4, betas (0.9, 0.99) (AdvEnt's config).
+
+Both discriminators are submodules of the LightningModule (``self.discriminators``), so they are
+moved to the device and saved in / restored from checkpoints with the segmentor; both optimisers
+and both poly schedulers are ordinary Lightning optimisers/schedulers and are checkpointed too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.strategies import DDPStrategy
+from torch import Tensor, nn
+
+from lightning_uda.methods.base import Losses
+from lightning_uda.methods.multi_level import MultiLevelModule, entropy_maps
+from lightning_uda.models import Discriminator
+
+#: Domain labels of the discriminator (AdvEnt: ``source_label = 0``, ``target_label = 1``).
+SOURCE_LABEL = 0.0
+TARGET_LABEL = 1.0
+#: Five stride-2 convs: inputs need at least 2**5 pixels per side.
+MIN_DISCRIMINATOR_INPUT = 32
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Turn off ``requires_grad`` of ``module``'s parameters inside the block (then restore it).
+
+    A forward pass run inside the block builds no graph to those parameters, so a later backward
+    gives them no gradient (AdvEnt: "only train segnet, don't accumulate grads in discriminators").
+    """
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _no_closure() -> None:
+    """Closure for a manual optimiser step: the gradients are already there."""
+    return None
+
+
+class AdvEntModule(MultiLevelModule):
+    """AdvEnt: a discriminator on entropy maps makes target predictions look like source ones.
+
+    Overridable hooks: :meth:`entropy_maps` (what D sees), :meth:`domain_loss` (how D's output is
+    scored), :meth:`discriminator_losses` (the D objective).
+
+    **Iterations, not optimiser steps.** Lightning 2.x counts ``trainer.global_step`` (and stops at
+    ``Trainer(max_steps=N)``) by the calls of ``LightningOptimizer.step()`` in manual
+    optimisation: stepping both optimisers that way counts 2 per iteration, so ``max_steps=N``
+    would stop after N/2 iterations and the poly schedules (built for N) would stop half-way. The
+    segmentor's optimiser is therefore stepped through ``LightningOptimizer.step()`` (one count per
+    iteration) and the discriminators' through ``trainer.strategy.optimizer_step()``, the call
+    ``LightningOptimizer.step()`` itself delegates to, which applies the precision plugin (AMP
+    gradient unscaling and inf/NaN skipping, ``on_before_optimizer_step`` hooks) but not the loop's
+    step counter. So ``max_steps=N`` means N iterations, ``global_step == uda_step``, and
+    step-based checkpointing/logging count iterations. (Verified with Lightning 2.6 in
+    ``tests/methods/test_advent.py``.)
+
+    **Order.** The discriminator's loss is back-propagated after the segmentor's optimiser step.
+    It uses maps detached before that step and D's weights are not touched by it, so this is the
+    same update as AdvEnt's (backward everything, then step both), but each optimiser's gradients
+    are scaled and unscaled with the same AMP loss scale (``16-mixed`` updates the scale after
+    every optimiser step). With ``accumulate_grad_batches = k > 1`` both optimisers step every k
+    batches; under ``16-mixed`` D's first k − 1 micro-batches were then scaled before the
+    segmentor's step updated the scale, so on the rare steps where the scale changes (growth every
+    2000 clean steps, or an inf) their gradients are unscaled by a factor 2 off for that step.
+    Lightning's AMP plugin updates the scale once per optimiser step, so no order is exact there.
+
+    **Clipping and accumulation** are the module's ``gradient_clip_val`` (segmentor only; the
+    discriminators are not clipped, as in AdvEnt) and ``accumulate_grad_batches`` (both).
+
+    **DDP** needs ``strategy="ddp_find_unused_parameters_true"``: the segmentor's backward leaves
+    the discriminators without gradients and the discriminators' backward the segmentor.
+
+    Args:
+        adv_weight: λ_adv of the main output (0.001).
+        aux_adv_weight: λ_adv of the auxiliary output of a multi-level segmentor (0.0002).
+        discriminator_lr: Adam learning rate of the discriminators (1e-4), poly-decayed like the
+            segmentor's.
+        discriminator_betas: Adam betas (0.9, 0.99).
+        discriminator_width: channels of D's first conv (64; then ×2 per layer).
+        **kwargs: see :class:`MultiLevelModule` (``aux_seg_weight``) and :class:`UDAModule`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        *,
+        adv_weight: float = 1e-3,
+        aux_adv_weight: float = 2e-4,
+        discriminator_lr: float = 1e-4,
+        discriminator_betas: tuple[float, float] = (0.9, 0.99),
+        discriminator_width: int = 64,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, **kwargs)
+        self.adv_weights = {"main": adv_weight, "aux": aux_adv_weight}
+        #: One discriminator per output level ("main"[, "aux"]), on K-channel entropy maps.
+        self.discriminators = nn.ModuleDict(
+            {
+                level: Discriminator(in_channels=self.num_classes, ndf=discriminator_width)
+                for level in self.levels
+            }
+        )
+        self._detached_maps: dict[str, dict[str, Tensor]] = {}
+        self._segmentor_stepped = False
+
+    # ------------------------------------------------------------------ hooks
+    def entropy_maps(
+        self, logits: Mapping[str, Tensor], size: tuple[int, int]
+    ) -> dict[str, Tensor]:
+        """Level → ``B×K×H×W`` weighted self-information map at the input size ``(H, W)``."""
+        if min(size) < MIN_DISCRIMINATOR_INPUT:
+            raise ValueError(
+                f"AdvEnt's discriminator halves its input 5 times, so images need at least "
+                f"{MIN_DISCRIMINATOR_INPUT}×{MIN_DISCRIMINATOR_INPUT} pixels; got {tuple(size)}. "
+                "Use larger crops."
+            )
+        return entropy_maps(logits, size)
+
+    def domain_loss(self, level: str, maps: Tensor, domain_label: float) -> Tensor:
+        """BCE-with-logits of discriminator ``level`` on ``maps`` against a constant label."""
+        logits = self.discriminators[level](maps)
+        return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, domain_label))
+
+    def source_loss(self, source: Mapping[str, Tensor]) -> Tensor:
+        """Source CE over every level; keeps the detached source entropy maps for D's step."""
+        logits = self.level_logits(source["image"])
+        with torch.no_grad():
+            self._detached_maps["source"] = self.entropy_maps(
+                logits, tuple(source["image"].shape[-2:])
+            )
+        return self.supervised_loss(logits, source["mask"])
+
+    def adaptation_losses(self, batch: Mapping[str, Any]) -> Losses:
+        """Step 1b: the target entropy maps labelled as source, through frozen discriminators."""
+        yield from super().adaptation_losses(batch)
+        images = batch["target"]["image"]
+        maps = self.entropy_maps(self.level_logits(images), tuple(images.shape[-2:]))
+        self._detached_maps["target"] = {level: m.detach() for level, m in maps.items()}
+        loss = torch.zeros((), device=images.device)
+        with frozen(self.discriminators):
+            for level, level_maps in maps.items():
+                adversarial = self.domain_loss(level, level_maps, SOURCE_LABEL)
+                self.log(f"train/adversarial_{level}", adversarial.detach(), batch_size=len(images))
+                loss = loss + self.adv_weights[level] * adversarial
+        yield "adversarial", loss
+
+    def discriminator_losses(self) -> Losses:
+        """Step 2: ``½ BCE(D(I_s), source) + ½ BCE(D(I_t), target)`` per level, on detached maps."""
+        source, target = self._detached_maps["source"], self._detached_maps["target"]
+        for level in self.discriminators:
+            loss_source = self.domain_loss(level, source[level], SOURCE_LABEL)
+            loss_target = self.domain_loss(level, target[level], TARGET_LABEL)
+            yield f"discriminator_{level}", 0.5 * (loss_source + loss_target)
+
+    # ------------------------------------------------------------------ algorithm
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        """Step 1 (base: back-propagate each loss, step the segmentor every k batches), step 2."""
+        self._segmentor_stepped = False
+        total = super().training_step(batch, batch_idx)
+        accumulate = self.hparams.accumulate_grad_batches
+        batch_size = batch["source"]["image"].shape[0]
+        for name, loss in self.discriminator_losses():
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"{type(self).__name__}: the '{name}' loss is {loss.item()} at step "
+                    f"{self.uda_step}; lower discriminator_lr or check the inputs."
+                )
+            self.manual_backward(loss / accumulate)
+            self.log(f"train/loss_{name}", loss.detach(), batch_size=batch_size)
+        self._detached_maps = {}
+        if self._segmentor_stepped:
+            self.discriminator_optimizer_step()
+        return total
+
+    def optimizer_steps(self) -> None:
+        """Clip, step and zero the segmentor's optimiser and step its poly schedule.
+
+        Called by :meth:`UDAModule.training_step` every ``accumulate_grad_batches`` batches; the
+        discriminators are stepped after their own backward (:meth:`discriminator_optimizer_step`).
+        """
+        segmentor_optimizer, _ = self.optimizers()
+        segmentor_scheduler, _ = self.lr_schedulers()
+        clip = self.hparams.gradient_clip_val
+        if clip is not None:
+            self.clip_gradients(
+                segmentor_optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm"
+            )
+        segmentor_optimizer.step()  # through LightningOptimizer: counts one trainer.global_step
+        segmentor_optimizer.zero_grad(set_to_none=True)
+        segmentor_scheduler.step()
+        self.log("train/lr", segmentor_optimizer.param_groups[0]["lr"], batch_size=1)
+        self._segmentor_stepped = True
+
+    def discriminator_optimizer_step(self) -> None:
+        """Step and zero the discriminators' optimiser and step its poly schedule.
+
+        Goes through the strategy (precision plugin included) but not ``LightningOptimizer``, so
+        Lightning's step counter keeps counting iterations (see the class docstring).
+        """
+        _, discriminator_optimizer = self.optimizers(use_pl_optimizer=False)
+        _, discriminator_scheduler = self.lr_schedulers()
+        self.trainer.strategy.optimizer_step(discriminator_optimizer, _no_closure, model=self)
+        discriminator_optimizer.zero_grad(set_to_none=True)
+        discriminator_scheduler.step()
+        self.log(
+            "train/lr_discriminator", discriminator_optimizer.param_groups[0]["lr"], batch_size=1
+        )
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        segmentor = super().configure_optimizers()
+        hp = self.hparams
+        optimizer = torch.optim.Adam(
+            self.discriminators.parameters(),
+            lr=hp.discriminator_lr,
+            betas=tuple(hp.discriminator_betas),
+        )
+        # AdvEnt decays D's learning rate with the same poly rule (no warm-up). One Adam over both
+        # discriminators equals AdvEnt's two (Adam's state is per parameter).
+        scheduler = self.poly_scheduler(optimizer, warmup_steps=0)
+        return segmentor, {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DDPStrategy) and not getattr(strategy, "_ddp_kwargs", {}).get(
+            "find_unused_parameters", False
+        ):
+            raise ValueError(
+                f"{type(self).__name__} back-propagates the segmentor and discriminator losses "
+                "separately, so each backward leaves some parameters without gradients: use "
+                "Trainer(strategy='ddp_find_unused_parameters_true') (or DDPStrategy("
+                "find_unused_parameters=True))."
+            )

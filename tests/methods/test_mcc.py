@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from torch import nn
+
+from lightning_uda.methods import MCCModule
+
+from .helpers import tiny_module_kwargs, toy_datamodule
+
+# The loss hooks are called outside a Trainer here, where self.log() only warns.
+pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+
+
+class ConstantLogits(nn.Module):
+    """The same logits at every pixel of every image."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.encoder = nn.Identity()
+        self.logits = nn.Parameter(logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        return self.logits.view(1, -1, 1, 1).expand(b, -1, h, w)
+
+
+def test_defaults_are_the_paper_s():
+    module = MCCModule(ConstantLogits(torch.zeros(3)), num_classes=3)
+    assert module.hparams.mcc_weight == 1.0
+    assert module.mcc_loss.temperature == 2.5
+
+
+def test_mcc_term_equals_closed_form_for_identical_predictions():
+    # All N pixels predict the same p (all p_k > 0): the entropy weights are all 1, C = N p pᵀ, and
+    # every row of the row-normalised C̃ equals pᵀ, so Σ C̃ = K and tr C̃ = Σ_k p_k = 1:
+    # L = (K − 1) / K whatever p is. K = 3 → 2/3.
+    module = MCCModule(
+        ConstantLogits(torch.tensor([2.0, -1.0, 0.5])), num_classes=3, mcc_weight=0.5
+    )
+    losses = dict(module.adaptation_losses({"target": {"image": torch.zeros(2, 3, 4, 4)}}))
+    assert list(losses) == ["mcc"]
+    assert float(losses["mcc"].detach()) == pytest.approx(0.5 * 2 / 3, rel=1e-5)
+
+
+def test_zero_weight_is_rejected():
+    with pytest.raises(ValueError, match="SourceOnlyModule"):
+        MCCModule(ConstantLogits(torch.zeros(3)), num_classes=3, mcc_weight=0.0)
+
+
+def test_mcc_fits_with_finite_losses(tmp_path):
+    torch.manual_seed(0)
+    module = MCCModule(**tiny_module_kwargs())
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=toy_datamodule())
+    assert module.uda_step == 3
+    for key in ("train/loss_source", "train/loss_mcc", "train/loss"):
+        assert torch.isfinite(trainer.callback_metrics[key]), key
+    assert 0.0 <= float(trainer.callback_metrics["train/loss_mcc"]) < 1.0
+
+
+#: Target-val mIoU points by which a method may trail SourceOnly on the demo and still "match".
+DEMO_MATCH_TOLERANCE = 1.0
+
+
+@pytest.mark.slow
+def test_mcc_matches_or_beats_source_only_on_the_demo_target():
+    # imported here so that the fast tests do not need the demo data
+    from lightning_uda.demo import run_method
+
+    baseline = run_method("source_only", progress_bar=False)
+    adapted = run_method("mcc", progress_bar=False)
+    # "matches": within MCC's seed-to-seed noise on the demo (mIoU points)
+    assert adapted.target_val_miou >= baseline.target_val_miou - DEMO_MATCH_TOLERANCE, (
+        adapted,
+        baseline,
+    )
