@@ -3,7 +3,7 @@
 Two hooks of :class:`~lightning_uda.methods.DACSModule` are overridden; everything else (EMA
 teacher, thresholding, strong augmentation, separate backward passes, checkpointing) is inherited.
 
-    python examples/custom_method.py --steps 300
+    python examples/custom_method.py --steps 1000
 
 trains it on the embedded demo shift (CPU is fine) and prints the target-val mIoU.
 """
@@ -59,7 +59,7 @@ class BorderMaskedDACS(DACSModule):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
