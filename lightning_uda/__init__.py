@@ -4,14 +4,21 @@ The public API is re-exported here: methods (LightningModules), callbacks, data,
 and mixing functions. See README.md for the quickstart and DESIGN notes.
 """
 
-from lightning_uda.callbacks import EMATeacher, PseudoLabelThreshold
+from lightning_uda.callbacks import (
+    CityscapesPredictionWriter,
+    EMATeacher,
+    PseudoLabelThreshold,
+    SegmentationPanels,
+)
 from lightning_uda.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from lightning_uda.data import (
     GTA5,
     SYNTHIA,
     Cityscapes,
+    DigitScenes,
     SegmentationFolder,
     UDADataModule,
+    demo_datamodule,
 )
 from lightning_uda.losses import (
     MinimumClassConfusionLoss,
@@ -22,8 +29,11 @@ from lightning_uda.losses import (
     pixel_weighted_cross_entropy,
 )
 from lightning_uda.methods import (
+    AdvEntModule,
     ClassMixModule,
     DACSModule,
+    MCCModule,
+    MinEntModule,
     SelfTrainingModule,
     SourceOnlyModule,
     UDAModule,
@@ -35,6 +45,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GTA5",
+    "AdvEntModule",
+    "CityscapesPredictionWriter",
+    "DigitScenes",
+    "MCCModule",
+    "MinEntModule",
+    "SegmentationPanels",
+    "demo_datamodule",
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
