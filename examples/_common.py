@@ -49,7 +49,7 @@ METHODS: dict[str, tuple[type[UDAModule], dict[str, Any], tuple[int, ...], int, 
         True,
     ),
     "classmix": (ClassMixModule, {"ema_alpha": 0.99}, (6, 12), 2, True),
-    "minent": (MinEntModule, {"entropy_weight": 1e-3}, (6, 12, 18, 24), 1, False),
+    "minent": (MinEntModule, {"ent_weight": 1e-3}, (6, 12, 18, 24), 1, False),
     "advent": (
         AdvEntModule,
         {"adv_weight": 1e-3, "aux_adv_weight": 2e-4},
