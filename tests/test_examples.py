@@ -52,3 +52,14 @@ def test_custom_method_zeroes_border_weights_and_trains(tmp_path):
 def test_gta_and_synthia_examples_import():
     for name in ("gta_to_cityscapes", "synthia_to_cityscapes"):
         assert hasattr(_load(name), "run")
+
+
+def test_every_paper_recipe_builds_its_module():
+    common = _load("_common")
+    for name, (module_cls, extra, dilations, batch_size, _) in common.METHODS.items():
+        recipe = {**common.SGD_RECIPE, "encoder": "resnet18"}  # resnet101 is slow to build
+        module = module_cls(
+            num_classes=19, model_kwargs={"dilations": dilations}, **recipe, **extra
+        )
+        assert module.model.classifier is not None, name
+        assert batch_size in (1, 2)
