@@ -367,21 +367,3 @@ def test_ddp_without_unused_parameter_detection_is_rejected_with_the_fix(tmp_pat
     trainer = _trainer(tmp_path, max_steps=1, devices=2, strategy="ddp_fork")
     with pytest.raises(Exception, match="ddp_find_unused_parameters_true"):
         trainer.fit(module, datamodule=toy32_datamodule())
-
-
-#: Target-val mIoU points by which a method may trail SourceOnly on the demo and still "match".
-DEMO_MATCH_TOLERANCE = 1.0
-
-
-@pytest.mark.slow
-def test_advent_matches_or_beats_source_only_on_the_demo_target():
-    # imported here so that the fast tests do not need the demo data
-    from lightning_uda.demo import run_method
-
-    baseline = run_method("source_only", progress_bar=False)
-    adapted = run_method("advent", progress_bar=False)
-    # "matches": within AdvEnt's seed-to-seed noise on the demo (mIoU points)
-    assert adapted.target_val_miou >= baseline.target_val_miou - DEMO_MATCH_TOLERANCE, (
-        adapted,
-        baseline,
-    )

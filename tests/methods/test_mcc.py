@@ -67,21 +67,3 @@ def test_mcc_fits_with_finite_losses(tmp_path):
     for key in ("train/loss_source", "train/loss_mcc", "train/loss"):
         assert torch.isfinite(trainer.callback_metrics[key]), key
     assert 0.0 <= float(trainer.callback_metrics["train/loss_mcc"]) < 1.0
-
-
-#: Target-val mIoU points by which a method may trail SourceOnly on the demo and still "match".
-DEMO_MATCH_TOLERANCE = 1.0
-
-
-@pytest.mark.slow
-def test_mcc_matches_or_beats_source_only_on_the_demo_target():
-    # imported here so that the fast tests do not need the demo data
-    from lightning_uda.demo import run_method
-
-    baseline = run_method("source_only", progress_bar=False)
-    adapted = run_method("mcc", progress_bar=False)
-    # "matches": within MCC's seed-to-seed noise on the demo (mIoU points)
-    assert adapted.target_val_miou >= baseline.target_val_miou - DEMO_MATCH_TOLERANCE, (
-        adapted,
-        baseline,
-    )

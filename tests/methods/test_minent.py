@@ -105,21 +105,3 @@ def test_minent_fits_with_finite_losses(tmp_path):
         assert torch.isfinite(trainer.callback_metrics[key]), key
     entropy = float(trainer.callback_metrics["train/entropy_main"])
     assert 0.0 <= entropy <= 1.0  # a normalised entropy
-
-
-#: Target-val mIoU points by which a method may trail SourceOnly on the demo and still "match".
-DEMO_MATCH_TOLERANCE = 1.0
-
-
-@pytest.mark.slow
-def test_minent_matches_or_beats_source_only_on_the_demo_target():
-    # imported here so that the fast tests do not need the demo data
-    from lightning_uda.demo import run_method
-
-    baseline = run_method("source_only", progress_bar=False)
-    adapted = run_method("minent", progress_bar=False)
-    # "matches": within MinEnt's seed-to-seed noise on the demo (mIoU points)
-    assert adapted.target_val_miou >= baseline.target_val_miou - DEMO_MATCH_TOLERANCE, (
-        adapted,
-        baseline,
-    )
