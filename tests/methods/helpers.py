@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from lightning.pytorch import Trainer
 from torch.utils.data import Dataset
 
 from lightning_uda.data import UDADataModule
@@ -62,4 +63,20 @@ def tiny_module_kwargs() -> dict:
         optimizer="sgd",
         lr=0.05,
         head_lr_mult=1.0,
+    )
+
+
+def cpu_trainer(tmp_path, max_steps: int = 3, **kwargs) -> Trainer:
+    """A quiet, deterministic CPU Trainer for method tests (no validation, no checkpoints)."""
+    kwargs.setdefault("enable_checkpointing", False)
+    kwargs.setdefault("limit_val_batches", 0)
+    return Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        deterministic=True,
+        **kwargs,
     )

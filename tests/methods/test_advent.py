@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Callback
 from lightning.pytorch.plugins.precision import MixedPrecision
 
 from lightning_uda.data import UDADataModule
 from lightning_uda.methods import AdvEntModule
 
-from .helpers import ToyScenes, tiny_module_kwargs
+from .helpers import ToyScenes, cpu_trainer, tiny_module_kwargs
 
 
 def toy32_datamodule(batch_size: int = 2) -> UDADataModule:
@@ -27,21 +27,6 @@ def advent_kwargs(**overrides) -> dict:
     kwargs = dict(tiny_module_kwargs(), discriminator_width=8)
     kwargs.update(overrides)
     return kwargs
-
-
-def _trainer(tmp_path, max_steps: int, **kwargs) -> Trainer:
-    kwargs.setdefault("enable_checkpointing", False)
-    return Trainer(
-        accelerator="cpu",
-        max_steps=max_steps,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-        deterministic=True,
-        **kwargs,
-    )
 
 
 def _all_lrs(module: AdvEntModule) -> list[float]:
@@ -68,7 +53,7 @@ class CountingAdvEnt(AdvEntModule):
 def test_max_steps_means_iterations_and_both_poly_schedules_end_at_zero(tmp_path):
     torch.manual_seed(0)
     module = CountingAdvEnt(**advent_kwargs())
-    trainer = _trainer(tmp_path, max_steps=5)
+    trainer = cpu_trainer(tmp_path, max_steps=5)
     trainer.fit(module, datamodule=toy32_datamodule())
     assert module.iterations == 5
     assert module.discriminator_steps == 5
@@ -101,7 +86,7 @@ def test_lightning_counts_every_lightning_optimizer_step(tmp_path):
     # Why AdvEnt bypasses LightningOptimizer for D: with Lightning 2.x, stepping two optimisers
     # that way counts two global steps per iteration, so max_steps=4 stops after 2 iterations.
     module = NaiveAdvEnt(**advent_kwargs())
-    trainer = _trainer(tmp_path, max_steps=4)
+    trainer = cpu_trainer(tmp_path, max_steps=4)
     trainer.fit(module, datamodule=toy32_datamodule())
     assert trainer.global_step == 4
     assert module.iterations == 2
@@ -150,7 +135,7 @@ class InstrumentedAdvEnt(AdvEntModule):
 def test_generator_phase_leaves_discriminator_alone_and_d_phase_leaves_segmentor_alone(tmp_path):
     torch.manual_seed(0)
     module = InstrumentedAdvEnt(**advent_kwargs())
-    trainer = _trainer(tmp_path, max_steps=2)
+    trainer = cpu_trainer(tmp_path, max_steps=2)
     trainer.fit(module, datamodule=toy32_datamodule())
     names = {n for n, _ in module.named_parameters()}
     segmentor = {n for n in names if n.startswith("model.")}
@@ -177,11 +162,11 @@ def test_resume_restores_discriminator_optimisers_and_schedules(tmp_path):
     kwargs = advent_kwargs(total_steps=3)  # the poly schedules' length, whatever max_steps is
     torch.manual_seed(0)
     straight = AdvEntModule(**kwargs)
-    _trainer(tmp_path / "a", max_steps=3).fit(straight, datamodule=toy32_datamodule())
+    cpu_trainer(tmp_path / "a", max_steps=3).fit(straight, datamodule=toy32_datamodule())
 
     torch.manual_seed(0)
     first = AdvEntModule(**kwargs)
-    trainer = _trainer(tmp_path / "b", max_steps=2)  # interrupted after 2 of 3 iterations
+    trainer = cpu_trainer(tmp_path / "b", max_steps=2)  # interrupted after 2 of 3 iterations
     trainer.fit(first, datamodule=toy32_datamodule())
     assert first.uda_step == 2
     ckpt_path = tmp_path / "mid.ckpt"
@@ -193,7 +178,7 @@ def test_resume_restores_discriminator_optimisers_and_schedules(tmp_path):
 
     torch.manual_seed(123)  # a different initialisation: everything must come from the checkpoint
     resumed = AdvEntModule(**kwargs)
-    trainer = _trainer(tmp_path / "c", max_steps=3)
+    trainer = cpu_trainer(tmp_path / "c", max_steps=3)
     trainer.fit(resumed, datamodule=toy32_datamodule(), ckpt_path=ckpt_path)
     assert resumed.uda_step == trainer.global_step == 3
 
@@ -233,7 +218,9 @@ def test_both_optimisers_go_through_the_amp_scaler_with_their_own_loss_scale(tmp
     # another optimiser's step would be unscaled with the wrong factor.
     scaler = RecordingScaler("cpu", init_scale=2.0**8, growth_interval=1)
     module = AdvEntModule(**advent_kwargs())
-    trainer = _trainer(tmp_path, max_steps=2, plugins=[MixedPrecision("16-mixed", "cpu", scaler)])
+    trainer = cpu_trainer(
+        tmp_path, max_steps=2, plugins=[MixedPrecision("16-mixed", "cpu", scaler)]
+    )
     trainer.fit(module, datamodule=toy32_datamodule())
     assert trainer.global_step == 2
     steps = [name for kind, name, _ in scaler.events if kind == "step"]
@@ -261,7 +248,7 @@ class GradNormAdvEnt(CountingAdvEnt):
 
 def test_module_level_accumulation_and_clipping(tmp_path):
     module = GradNormAdvEnt(**advent_kwargs(accumulate_grad_batches=2, gradient_clip_val=1e-3))
-    trainer = _trainer(tmp_path, max_steps=2)
+    trainer = cpu_trainer(tmp_path, max_steps=2)
     trainer.fit(module, datamodule=toy32_datamodule())
     assert module.iterations == 4  # batches
     assert trainer.global_step == module.uda_step == module.discriminator_steps == 2
@@ -271,7 +258,7 @@ def test_module_level_accumulation_and_clipping(tmp_path):
 
 def test_trainer_level_accumulation_is_rejected_with_the_fix(tmp_path):
     module = AdvEntModule(**advent_kwargs())
-    trainer = _trainer(tmp_path, max_steps=2, accumulate_grad_batches=2)
+    trainer = cpu_trainer(tmp_path, max_steps=2, accumulate_grad_batches=2)
     with pytest.raises(ValueError, match="accumulate_grad_batches=2 to the module instead"):
         trainer.fit(module, datamodule=toy32_datamodule())
 
@@ -323,7 +310,7 @@ def test_multi_level_segmentor_gets_an_auxiliary_discriminator(tmp_path):
     assert module.levels == ("main", "aux")
     assert set(module.discriminators) == {"main", "aux"}
     assert module.adv_weights == {"main": 0.001, "aux": 0.0002}
-    trainer = _trainer(tmp_path, max_steps=2)
+    trainer = cpu_trainer(tmp_path, max_steps=2)
     trainer.fit(module, datamodule=toy32_datamodule())
     assert trainer.global_step == 2
     for key in (
@@ -347,7 +334,7 @@ class _SaveWeights(Callback):
 
 def test_ddp_two_processes_keep_identical_segmentors_and_discriminators(tmp_path):
     module = AdvEntModule(**advent_kwargs())
-    trainer = _trainer(
+    trainer = cpu_trainer(
         tmp_path,
         max_steps=3,
         devices=2,
@@ -364,6 +351,6 @@ def test_ddp_two_processes_keep_identical_segmentors_and_discriminators(tmp_path
 
 def test_ddp_without_unused_parameter_detection_is_rejected_with_the_fix(tmp_path):
     module = AdvEntModule(**advent_kwargs())
-    trainer = _trainer(tmp_path, max_steps=1, devices=2, strategy="ddp_fork")
+    trainer = cpu_trainer(tmp_path, max_steps=1, devices=2, strategy="ddp_fork")
     with pytest.raises(Exception, match="ddp_find_unused_parameters_true"):
         trainer.fit(module, datamodule=toy32_datamodule())

@@ -2,35 +2,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_uda.callbacks import EMATeacher, PseudoLabelThreshold
 from lightning_uda.methods import ClassMixModule, DACSModule
 
-from .helpers import tiny_module_kwargs, toy_datamodule
-
-
-def _trainer(tmp_path, max_steps=3, **kwargs) -> Trainer:
-    kwargs.setdefault("enable_checkpointing", False)
-    return Trainer(
-        accelerator="cpu",
-        max_steps=max_steps,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-        deterministic=True,
-        **kwargs,
-    )
+from .helpers import cpu_trainer, tiny_module_kwargs, toy_datamodule
 
 
 @pytest.mark.parametrize("module_cls", [DACSModule, ClassMixModule])
 def test_fits_with_finite_losses_and_default_callbacks(module_cls, tmp_path):
     torch.manual_seed(0)
     module = module_cls(**tiny_module_kwargs())
-    trainer = _trainer(tmp_path)
+    trainer = cpu_trainer(tmp_path)
     trainer.fit(module, datamodule=toy_datamodule(target_monitor_labels=True))
     metrics = trainer.callback_metrics
     for key in ("train/loss_source", "train/loss_mixed", "pseudo/confident_fraction"):
@@ -45,19 +30,19 @@ def test_fits_with_finite_losses_and_default_callbacks(module_cls, tmp_path):
 def test_user_callbacks_are_kept_and_duplicates_rejected(tmp_path):
     module = DACSModule(**tiny_module_kwargs())
     mine = EMATeacher(alpha=0.5, warmup=False)
-    trainer = _trainer(tmp_path, max_steps=1, callbacks=[mine])
+    trainer = cpu_trainer(tmp_path, max_steps=1, callbacks=[mine])
     trainer.fit(module, datamodule=toy_datamodule())
     assert mine in trainer.callbacks and mine.updates == 1
 
     module = DACSModule(**tiny_module_kwargs())
-    trainer = _trainer(tmp_path, callbacks=[PseudoLabelThreshold(), PseudoLabelThreshold()])
+    trainer = cpu_trainer(tmp_path, callbacks=[PseudoLabelThreshold(), PseudoLabelThreshold()])
     with pytest.raises(ValueError, match="exactly one PseudoLabelThreshold"):
         trainer.fit(module, datamodule=toy_datamodule())
 
 
 def test_teacher_equals_student_after_first_update_with_warmup(tmp_path):
     module = DACSModule(**tiny_module_kwargs())
-    trainer = _trainer(tmp_path, max_steps=1)
+    trainer = cpu_trainer(tmp_path, max_steps=1)
     trainer.fit(module, datamodule=toy_datamodule())
     teacher, student = module.teacher.state_dict(), module.model.state_dict()
     assert teacher.keys() == student.keys()
@@ -116,7 +101,7 @@ def test_resume_from_mid_run_checkpoint_is_exact(tmp_path):
     torch.manual_seed(0)
     uninterrupted = DACSModule(**kwargs)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3, save_top_k=-1)
-    _trainer(tmp_path, max_steps=6, enable_checkpointing=True, callbacks=[checkpoint]).fit(
+    cpu_trainer(tmp_path, max_steps=6, enable_checkpointing=True, callbacks=[checkpoint]).fit(
         uninterrupted, datamodule=toy_datamodule(batch_size=4)
     )
     reference = _states(uninterrupted)
@@ -125,7 +110,7 @@ def test_resume_from_mid_run_checkpoint_is_exact(tmp_path):
 
     torch.manual_seed(123)  # a different init: everything must come from the checkpoint
     resumed = DACSModule(**kwargs)
-    _trainer(tmp_path / "resume", max_steps=6).fit(
+    cpu_trainer(tmp_path / "resume", max_steps=6).fit(
         resumed, datamodule=toy_datamodule(batch_size=4), ckpt_path=step3
     )
     assert resumed.uda_step == 6
@@ -148,7 +133,7 @@ class _SaveTeacher(Callback):
 
 def test_ddp_two_processes_keep_identical_teachers(tmp_path):
     module = DACSModule(**tiny_module_kwargs())
-    trainer = _trainer(
+    trainer = cpu_trainer(
         tmp_path,
         max_steps=3,
         devices=2,

@@ -2,12 +2,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 from torch import nn
 
 from lightning_uda.methods import MCCModule
 
-from .helpers import tiny_module_kwargs, toy_datamodule
+from .helpers import cpu_trainer, tiny_module_kwargs, toy_datamodule
 
 # The loss hooks are called outside a Trainer here, where self.log() only warns.
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
@@ -52,16 +51,7 @@ def test_zero_weight_is_rejected():
 def test_mcc_fits_with_finite_losses(tmp_path):
     torch.manual_seed(0)
     module = MCCModule(**tiny_module_kwargs())
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = cpu_trainer(tmp_path, max_steps=3)
     trainer.fit(module, datamodule=toy_datamodule())
     assert module.uda_step == 3
     for key in ("train/loss_source", "train/loss_mcc", "train/loss"):

@@ -4,12 +4,11 @@ import math
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 from torch import nn
 
 from lightning_uda.methods import MinEntModule
 
-from .helpers import tiny_module_kwargs, toy_datamodule
+from .helpers import cpu_trainer, tiny_module_kwargs, toy_datamodule
 
 # The loss hooks are called outside a Trainer here, where self.log() only warns.
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
@@ -89,16 +88,7 @@ def test_multi_level_entropy_and_auxiliary_source_loss():
 def test_minent_fits_with_finite_losses(tmp_path):
     torch.manual_seed(0)
     module = MinEntModule(**tiny_module_kwargs())
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = cpu_trainer(tmp_path, max_steps=3)
     trainer.fit(module, datamodule=toy_datamodule())
     assert module.uda_step == 3
     for key in ("train/loss_source", "train/loss_entropy", "train/entropy_main", "train/loss"):
