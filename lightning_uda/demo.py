@@ -52,7 +52,10 @@ DEMO_METHODS: dict[str, tuple[type[UDAModule], dict[str, Any], bool]] = {
     "classmix": (ClassMixModule, {"mix_warmup_steps": 300}, False),
     "dacs": (DACSModule, {"mix_warmup_steps": 300}, False),
     "minent": (MinEntModule, {}, False),
-    "advent": (AdvEntModule, {}, False),
+    # A 16-wide discriminator (paper: 64) adapts as well on the 32×32 demo (target mIoU 45.7 vs
+    # 45.2; source-only 27.7; seed 0, lr 3e-3, 1000 steps) at about a quarter of the step time:
+    # on CPU the 64-wide D costs more than TinyUNet itself. The class default stays 64.
+    "advent": (AdvEntModule, {"discriminator_width": 16}, False),
     # MCC pushes predictions towards balanced classes; with 11 classes of which background is
     # ~80% of the pixels, the paper's λ=1 collapsed the demo model (13 mIoU) and 0.1 lost a
     # point, so the demo uses 0.02 (measured on seed 0; the class default stays 1).
