@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 import torch
-from lightning.pytorch import Trainer
 
-from .methods.helpers import tiny_module_kwargs, toy_datamodule
+from .methods.helpers import cpu_trainer, tiny_module_kwargs, toy_datamodule
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -36,15 +35,7 @@ def test_custom_method_zeroes_border_weights_and_trains(tmp_path):
     mask = module.mix_mask(labels)
     chosen = [set(labels[b][mask[b]].tolist()) for b in range(2)]
     assert chosen[0] == chosen[1] and len(chosen[0]) == 2  # ceil(3/2) of the batch's classes
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = cpu_trainer(tmp_path, max_steps=2)
     trainer.fit(module, datamodule=toy_datamodule())
     assert torch.isfinite(trainer.callback_metrics["train/loss_mixed"])
 

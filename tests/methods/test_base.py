@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from lightning_uda.methods import SourceOnlyModule, poly_lr_factor
 
-from .helpers import tiny_module_kwargs, toy_datamodule
+from .helpers import cpu_trainer, tiny_module_kwargs, toy_datamodule
 
 
 def test_poly_lr_factor_closed_form():
@@ -76,16 +76,7 @@ def test_class_absent_everywhere_is_left_out_of_the_mean_and_subsets_are_reporte
 def test_source_only_fits_with_finite_loss_and_poly_schedule(tmp_path):
     torch.manual_seed(0)
     module = SourceOnlyModule(**tiny_module_kwargs())
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=5,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=1,
-        val_check_interval=5,
-        default_root_dir=tmp_path,
-    )
+    trainer = cpu_trainer(tmp_path, max_steps=5, limit_val_batches=1, val_check_interval=5)
     trainer.fit(module, datamodule=toy_datamodule())
     assert module.uda_step == 5
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
@@ -104,16 +95,9 @@ def test_trainer_level_accumulation_and_clipping_are_rejected_with_the_fix():
         trainer.fit(module, datamodule=toy_datamodule())
 
 
-def test_module_level_accumulation_steps_every_k_batches():
+def test_module_level_accumulation_steps_every_k_batches(tmp_path):
     module = SourceOnlyModule(accumulate_grad_batches=2, **tiny_module_kwargs())
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-    )
+    trainer = cpu_trainer(tmp_path, max_steps=3)
     trainer.fit(module, datamodule=toy_datamodule())
     assert module.uda_step == 3
     assert trainer.fit_loop.epoch_loop.batch_progress.total.completed == 6
