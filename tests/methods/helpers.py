@@ -70,10 +70,10 @@ def cpu_trainer(tmp_path, max_steps: int = 3, **kwargs) -> Trainer:
     """A quiet, deterministic CPU Trainer for method tests (no validation, no checkpoints)."""
     kwargs.setdefault("enable_checkpointing", False)
     kwargs.setdefault("limit_val_batches", 0)
+    kwargs.setdefault("logger", False)
     return Trainer(
         accelerator="cpu",
         max_steps=max_steps,
-        logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=tmp_path,
