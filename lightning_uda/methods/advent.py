@@ -198,18 +198,14 @@ class AdvEntModule(MultiLevelModule):
         return total
 
     def optimizer_steps(self) -> None:
-        """Clip, step and zero the segmentor's optimiser and step its poly schedule.
+        """Step and zero the segmentor's optimiser (clipped in ``on_before_optimizer_step``) and
+        step its poly schedule.
 
         Called by :meth:`UDAModule.training_step` every ``accumulate_grad_batches`` batches; the
         discriminators are stepped after their own backward (:meth:`discriminator_optimizer_step`).
         """
         segmentor_optimizer, _ = self.optimizers()
         segmentor_scheduler, _ = self.lr_schedulers()
-        clip = self.hparams.gradient_clip_val
-        if clip is not None:
-            self.clip_gradients(
-                segmentor_optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm"
-            )
         segmentor_optimizer.step()  # through LightningOptimizer: counts one trainer.global_step
         segmentor_optimizer.zero_grad(set_to_none=True)
         segmentor_scheduler.step()

@@ -247,20 +247,29 @@ class UDAModule(LightningModule):
         return total
 
     def optimizer_steps(self) -> None:
-        """Clip, step and zero every optimiser, and step the schedulers."""
+        """Step and zero every optimiser (clipping: :meth:`on_before_optimizer_step`), step the
+        schedulers."""
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-        clip = self.hparams.gradient_clip_val
         for opt in optimizers:
-            if clip is not None:
-                self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
-            opt.step()
+            opt.step()  # clipping happens in on_before_optimizer_step, after AMP unscaling
             opt.zero_grad(set_to_none=True)
         schedulers = self.lr_schedulers()
         if schedulers is not None:
             for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
                 scheduler.step()
         self.log("train/lr", optimizers[0].param_groups[0]["lr"], batch_size=1)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Lightning's precision plugin calls this hook inside optimizer.step(), after it has
+        # unscaled 16-bit AMP gradients; clipping before step() would clip scaled gradients.
+        clip = self.hparams.gradient_clip_val
+        if clip is None:
+            return
+        optimizers = self.optimizers(use_pl_optimizer=False)
+        segmentor = optimizers[0] if isinstance(optimizers, list) else optimizers
+        if optimizer is segmentor:  # e.g. AdvEnt's discriminators are not clipped
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
 
     def after_optimizer_step(self) -> None:
         """Hook run after each real optimiser step (``self.uda_step`` already incremented)."""

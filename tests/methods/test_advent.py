@@ -240,6 +240,7 @@ class GradNormAdvEnt(CountingAdvEnt):
         self.segmentor_grad_norms: list[float] = []
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        super().on_before_optimizer_step(optimizer)  # the module clips here (after unscaling)
         if isinstance(optimizer, torch.optim.SGD):  # the segmentor's
             params = [p for g in optimizer.param_groups for p in g["params"]]
             grads = [p.grad.flatten() for p in params if p.grad is not None]
