@@ -12,8 +12,9 @@ source loss first, then the mixed loss).
 
 Because of that, the base uses Lightning's *manual optimisation*. Gradient accumulation and
 gradient clipping are therefore module arguments (``accumulate_grad_batches``,
-``gradient_clip_val``) rather than Trainer arguments; Lightning itself rejects the Trainer ones
-with manual optimisation, and :meth:`UDAModule.on_fit_start` says which module argument to use.
+``gradient_clip_val``) rather than Trainer arguments; the Trainer ones are rejected before
+Lightning's own check (in :meth:`UDAModule.configure_callbacks`) with an error naming the module
+argument to use. Clipping runs in :meth:`UDAModule.on_before_optimizer_step`, after AMP unscaling.
 """
 
 from __future__ import annotations
