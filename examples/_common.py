@@ -1,9 +1,21 @@
-"""Shared command line of the GTA5/SYNTHIA → Cityscapes examples: paper recipes + Trainer."""
+"""Shared command line of the GTA5/SYNTHIA → Cityscapes examples: the papers' recipes + Trainer.
+
+Each method has a :class:`PaperRecipe`: the paper's settings as published for one GPU (initial
+weights and the input space they were trained in, DeepLabV2 head, crops, batch, optimiser,
+schedule length and early stop, snapshots, EMA teacher, evaluation). :func:`resolve_recipe` turns
+it into what one run does on ``devices`` processes: the paper's *global* batch is kept where it
+divides by the device count (per-device batch = global ÷ N); where it does not (DACS' 2 + 2 on 4
+GPUs), the per-device batch is kept and the linear scaling rule applied (learning rates × k,
+iterations ÷ k, k = new global batch ÷ paper's). ``--print-recipe`` prints the resolved recipe
+and exits.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +25,7 @@ from torch.utils.data import Dataset
 
 from lightning_uda.callbacks import SegmentationPanels
 from lightning_uda.data import Cityscapes, UDADataModule, preset
+from lightning_uda.data.transforms import EVALUATION_PROTOCOLS, PRESETS
 from lightning_uda.methods import (
     AdvEntModule,
     ClassMixModule,
@@ -22,107 +35,544 @@ from lightning_uda.methods import (
     SourceOnlyModule,
     UDAModule,
 )
+from lightning_uda.normalization import get_normalization
 
-#: The optimiser recipe shared by DACS and AdvEnt (DeepLabV2-ResNet101): SGD 2.5e-4, momentum
+#: The papers' initial-weight files and where their code / READMEs point to them.
+COCO_INIT = (
+    "resnet101COCO-41f33a49.pth",
+    "MS-COCO DeepLab-v2 ResNet-101 (Caffe layout); DACS' trainUDA.py (vikolss/DACS) downloads "
+    "it from the AdvSemiSeg project (hfslyc/AdvSemiSeg), whose README links it",
+)
+IMAGENET_INIT = (
+    "DeepLab_resnet_pretrained_imagenet.pth",
+    "ImageNet DeepLab-v2 ResNet-101 (Caffe layout, keys 'Scale.*'); the ADVENT README "
+    "(valeoai/ADVENT, 'Pre-trained models') links it, expected in pretrained_models/",
+)
+
+#: Optimiser settings shared by every DeepLabV2 recipe here (DACS and AdvEnt): SGD, momentum
 #: 0.9, weight decay 5e-4, head 10×, poly 0.9 per iteration.
 SGD_RECIPE: dict[str, Any] = {
     "arch": "deeplabv2",
     "encoder": "resnet101",
     "optimizer": "sgd",
-    "lr": 2.5e-4,
     "momentum": 0.9,
     "weight_decay": 5e-4,
     "head_lr_mult": 10.0,
     "poly_power": 0.9,
 }
 
-#: method → (module class, extra arguments, DeepLabV2 ASPP dilations, batch size per domain,
-#: train on 512×512 crops?). DACS' head sums the 6/12 branches, AdvEnt's all four (DESIGN.md §4);
-#: AdvEnt/MinEnt train on whole resized frames with batch 1, DACS on 512² crops with batch 2.
-METHODS: dict[str, tuple[type[UDAModule], dict[str, Any], tuple[int, ...], int, bool]] = {
-    "source_only": (SourceOnlyModule, {}, (6, 12), 2, True),
-    "dacs": (
-        DACSModule,
-        {"ema_alpha": 0.99, "pseudo_label_threshold": 0.968},
-        (6, 12),
-        2,
-        True,
+
+@dataclass(frozen=True)
+class PaperRecipe:
+    """A method's recipe as its paper/code runs it on one GPU (GTA5/SYNTHIA → Cityscapes)."""
+
+    method: str
+    paper: str
+    module_cls: type[UDAModule]
+    module_kwargs: dict[str, Any]
+    dilations: tuple[int, ...]
+    multi_level: bool
+    init: tuple[str, str]  # (file name, where it comes from)
+    batch_size: int  # global, per domain
+    crop: tuple[int, int] | None  # None: whole resized frames
+    lr: float
+    schedule_steps: int  # length of the poly schedule (iterations)
+    stop_steps: int  # training stops here (AdvEnt's EARLY_STOP)
+    snapshot_every: int
+    published: dict[str, str] = field(default_factory=dict)  # source → published mIoU
+    discriminator_lr: float | None = None
+    min_batch_per_device: int = 1  # ClassMix pairs images within a device's batch
+    differences: tuple[str, ...] = ()  # what the library runs differently, named
+
+
+#: DACS' exactness switches (its code's semantics).
+_DACS_EXACT = {
+    "mix_include_ignore": True,
+    "jitter_semantics": "kornia05",
+    "augment_decision": "per_batch",
+    "align_corners": True,
+}
+_SELF_TRAINING = {
+    "ema_alpha": 0.99,
+    "pseudo_label_threshold": 0.968,
+    "pseudo_label_weighting": "uniform",
+    "teacher_bn": "train",
+}
+_COMMON_DIFFERENCES = (
+    "Evaluation: the 'full' protocol by default (image at 1024×512, logits upsampled to the "
+    "2048×1024 labels); '--eval-protocol dacs' evaluates as DACS' evaluateUDA.py.",
+    "Resizing uses OpenCV (area when downscaling, bilinear otherwise) instead of PIL's bicubic/"
+    "bilinear resize; labels nearest in both.",
+)
+
+RECIPES: dict[str, PaperRecipe] = {
+    "source_only": PaperRecipe(
+        method="source_only",
+        paper="AdvEnt's baseline (Vu et al., CVPR 2019; DeepLabV2 trained on the source only)",
+        module_cls=SourceOnlyModule,
+        module_kwargs={"align_corners": True},
+        dilations=(6, 12, 18, 24),
+        multi_level=False,
+        init=IMAGENET_INIT,
+        batch_size=1,
+        crop=None,
+        lr=2.5e-4,
+        schedule_steps=250_000,
+        stop_steps=120_000,
+        snapshot_every=2_000,
+        published={"gta5": "36.6 (whole frames, ImageNet init)"},
+        differences=(
+            "AdvEnt picks the best of its 2k-step snapshots on the labelled target val set "
+            "(TEST.MODE 'best'); here every snapshot is validated and the best kept, likewise "
+            "(the last checkpoint is kept too).",
+        ),
     ),
-    "classmix": (ClassMixModule, {"ema_alpha": 0.99}, (6, 12), 2, True),
-    "minent": (MinEntModule, {"ent_weight": 1e-3}, (6, 12, 18, 24), 1, False),
-    "advent": (
-        AdvEntModule,
-        {"adv_weight": 1e-3, "aux_adv_weight": 2e-4},
-        (6, 12, 18, 24),
-        1,
-        False,
+    "dacs": PaperRecipe(
+        method="dacs",
+        paper="DACS (Tranheden et al., WACV 2021; vikolss/DACS configUDA.json)",
+        module_cls=DACSModule,
+        module_kwargs={**_SELF_TRAINING, **_DACS_EXACT},
+        dilations=(6, 12),
+        multi_level=False,
+        init=COCO_INIT,
+        batch_size=2,
+        crop=(512, 512),
+        lr=2.5e-4,
+        schedule_steps=250_000,
+        stop_steps=250_000,
+        snapshot_every=5_000,
+        published={"gta5": "52.1", "synthia": "48.3 (mIoU16) / 54.8 (mIoU13)"},
+        differences=(
+            "DACS' published numbers use its own evaluation (labels nearest-resized to "
+            "1024×512): pass '--eval-protocol dacs' to compare like with like.",
+            "The teacher's BatchNorm running statistics are not updated by its train-mode "
+            "forwards (unused by its pseudo-labels either way).",
+        ),
     ),
-    "mcc": (MCCModule, {"mcc_weight": 1.0, "mcc_temperature": 2.5}, (6, 12, 18, 24), 2, True),
+    "classmix": PaperRecipe(
+        method="classmix",
+        paper="ClassMix (Olsson et al., WACV 2021) in the UDA setting, on DACS' recipe",
+        module_cls=ClassMixModule,
+        module_kwargs={
+            **_SELF_TRAINING,
+            "jitter_semantics": "kornia05",
+            "augment_decision": "per_batch",
+            "align_corners": True,
+        },
+        dilations=(6, 12),
+        multi_level=False,
+        init=COCO_INIT,
+        batch_size=2,
+        crop=(512, 512),
+        lr=2.5e-4,
+        schedule_steps=250_000,
+        stop_steps=250_000,
+        snapshot_every=5_000,
+        min_batch_per_device=2,
+        published={},
+        differences=(
+            "ClassMix is a semi-supervised method: there is no published GTA5→Cityscapes number; "
+            "DACS reports naive target-target mixing as a failure mode.",
+        ),
+    ),
+    "minent": PaperRecipe(
+        method="minent",
+        paper="MinEnt (Vu et al., CVPR 2019; valeoai/ADVENT minent.yml)",
+        module_cls=MinEntModule,
+        module_kwargs={
+            "ent_weight": 1e-3,
+            "aux_ent_weight": 2e-4,
+            "aux_seg_weight": 0.1,
+            "align_corners": True,
+        },
+        dilations=(6, 12, 18, 24),
+        multi_level=True,
+        init=IMAGENET_INIT,
+        batch_size=1,
+        crop=None,
+        lr=2.5e-4,
+        schedule_steps=250_000,
+        stop_steps=120_000,
+        snapshot_every=2_000,
+        published={"gta5": "42.3"},
+        differences=(
+            "AdvEnt picks the best 2k-step snapshot on the labelled target val set; the example "
+            "keeps the best by val/mIoU likewise, and the last.",
+        ),
+    ),
+    "advent": PaperRecipe(
+        method="advent",
+        paper="AdvEnt (Vu et al., CVPR 2019; valeoai/ADVENT advent.yml)",
+        module_cls=AdvEntModule,
+        module_kwargs={
+            "adv_weight": 1e-3,
+            "aux_adv_weight": 2e-4,
+            "aux_seg_weight": 0.1,
+            "discriminator_betas": (0.9, 0.99),
+            "align_corners": True,
+        },
+        dilations=(6, 12, 18, 24),
+        multi_level=True,
+        init=IMAGENET_INIT,
+        batch_size=1,
+        crop=None,
+        lr=2.5e-4,
+        discriminator_lr=1e-4,
+        schedule_steps=250_000,
+        stop_steps=120_000,
+        snapshot_every=2_000,
+        published={"gta5": "43.8"},
+        differences=(
+            "AdvEnt picks the best 2k-step snapshot on the labelled target val set; the example "
+            "keeps the best by val/mIoU likewise, and the last.",
+            "The discriminator's backward runs after the segmentor's optimiser step (same update; "
+            "see AdvEntModule).",
+        ),
+    ),
+    "mcc": PaperRecipe(
+        method="mcc",
+        paper="MCC (Jin et al., ECCV 2020) as a target regulariser, on AdvEnt's training recipe",
+        module_cls=MCCModule,
+        module_kwargs={"mcc_weight": 1.0, "mcc_temperature": 2.5, "align_corners": True},
+        dilations=(6, 12, 18, 24),
+        multi_level=False,
+        init=IMAGENET_INIT,
+        batch_size=1,
+        crop=None,
+        lr=2.5e-4,
+        schedule_steps=250_000,
+        stop_steps=120_000,
+        snapshot_every=2_000,
+        published={},
+        differences=(
+            "MCC was published for classification: no DeepLabV2 GTA5→Cityscapes recipe or number "
+            "exists; MCC's samples are 4,096 target pixels per batch.",
+        ),
+    ),
 }
 
+#: Source dataset → (train preset, source frame size as the papers resize it).
+SOURCE_PRESETS = {"gta5": "gta5_train", "synthia": "synthia_train"}
 
-def parse_args(description: str, default_steps: int = 250_000) -> argparse.Namespace:
+
+@dataclass
+class ResolvedRecipe:
+    """What one run does: the recipe on ``devices`` processes, with its initial weights."""
+
+    recipe: PaperRecipe
+    source: str
+    devices: int
+    batch_per_device: int
+    global_batch: int
+    scale: float  # k of the linear scaling rule (1 = the paper's global batch)
+    lr: float
+    discriminator_lr: float | None
+    schedule_steps: int
+    stop_steps: int
+    snapshot_every: int
+    val_every: int
+    style: str  # DeepLabV2 ResNet layout
+    normalization: str
+    init: str  # what the weights start from
+    eval_protocol: str
+    sync_batchnorm: bool
+    encoder: str = "resnet101"
+    notes: list[str] = field(default_factory=list)
+
+    def module_kwargs(self) -> dict[str, Any]:
+        kwargs = {
+            **SGD_RECIPE,
+            **self.recipe.module_kwargs,
+            "encoder": self.encoder,
+            "lr": self.lr,
+            "total_steps": self.schedule_steps,
+            "normalization": self.normalization,
+            "model_kwargs": {
+                "dilations": self.recipe.dilations,
+                "multi_level": self.recipe.multi_level,
+                "style": self.style,
+            },
+        }
+        if self.discriminator_lr is not None:
+            kwargs["discriminator_lr"] = self.discriminator_lr
+        return kwargs
+
+    def lines(self) -> list[tuple[str, str]]:
+        r = self.recipe
+        batch = f"{self.batch_per_device} + {self.batch_per_device} per device × {self.devices}"
+        batch += f" = {self.global_batch} + {self.global_batch} global"
+        batch += f" (paper: {r.batch_size} + {r.batch_size})"
+        lrs = f"backbone {self.lr:g}, head {self.lr * SGD_RECIPE['head_lr_mult']:g}"
+        if self.discriminator_lr is not None:
+            lrs += f", discriminator {self.discriminator_lr:g} (Adam)"
+        source_resize = PRESETS[SOURCE_PRESETS[self.source]]["resize"]
+        target_resize = PRESETS["cityscapes_train"]["resize"]
+        crops = (
+            f"random {r.crop[1]}×{r.crop[0]} crops" if r.crop else "whole resized frames (no crop)"
+        )
+        frames = (
+            f"{self.source} resized to {source_resize[1]}×{source_resize[0]}, Cityscapes to "
+            f"{target_resize[1]}×{target_resize[0]}; {crops}; no flip"
+        )
+        extra = {k: v for k, v in r.module_kwargs.items()}
+        teacher = (
+            f"EMA α {extra.pop('ema_alpha')}, BatchNorm {extra.pop('teacher_bn')} mode, "
+            f"τ {extra.pop('pseudo_label_threshold')} ({extra.pop('pseudo_label_weighting')} q)"
+            if "ema_alpha" in extra
+            else "none"
+        )
+        return [
+            ("method", f"{r.method} — {r.paper}"),
+            (
+                "architecture",
+                f"DeepLabV2-{self.encoder} ({self.style} layout), ASPP dilations "
+                f"{r.dilations}, multi-level {'on' if r.multi_level else 'off'}",
+            ),
+            ("initial weights", self.init),
+            ("input normalisation", str(get_normalization(self.normalization))),
+            ("frames", frames),
+            ("batch", batch),
+            ("learning rates", f"{lrs}; SGD momentum 0.9, wd 5e-4, poly 0.9 per iteration"),
+            (
+                "iterations",
+                f"schedule {self.schedule_steps:,}, training stops at "
+                f"{self.stop_steps:,} (paper: {r.schedule_steps:,} / {r.stop_steps:,})",
+            ),
+            (
+                "snapshots / validation",
+                f"every {self.snapshot_every:,} / {self.val_every:,} iterations",
+            ),
+            ("teacher", teacher),
+            ("method settings", ", ".join(f"{k}={v}" for k, v in extra.items()) or "—"),
+            ("evaluation", f"{self.eval_protocol}: {EVALUATION_PROTOCOLS[self.eval_protocol]}"),
+            ("devices", f"{self.devices} (SyncBatchNorm {'on' if self.sync_batchnorm else 'off'})"),
+            ("published mIoU", r.published.get(self.source, "—")),
+        ]
+
+    def format(self) -> str:
+        width = max(len(k) for k, _ in self.lines())
+        out = [f"{k:<{width}}  {v}" for k, v in self.lines()]
+        out += [f"note: {n}" for n in self.notes]
+        out += [
+            f"differs from the paper: {d}" for d in (*self.recipe.differences, *_COMMON_DIFFERENCES)
+        ]
+        return "\n".join(out)
+
+
+def resolve_recipe(
+    method: str,
+    devices: int = 1,
+    source: str = "gta5",
+    checkpoint: str | None = None,
+    encoder_weights: str | None = None,
+    style: str | None = None,
+    eval_protocol: str = "full",
+    val_every: int | None = None,
+    max_steps: int | None = None,
+    encoder: str = "resnet101",
+) -> ResolvedRecipe:
+    """The recipe of ``method`` on ``devices`` processes (see the module docstring).
+
+    ``checkpoint`` (a local file, e.g. the paper's init file) selects the Caffe layout and input
+    space unless ``style`` says otherwise; ``encoder_weights="imagenet"`` selects torchvision's
+    layout, ImageNet normalisation and torchvision's ImageNet weights (downloaded; not the
+    papers' initialisation).
+    """
+    recipe = RECIPES[method]
+    if devices < 1:
+        raise ValueError(f"devices must be >= 1, got {devices}")
+    notes: list[str] = []
+    per_device = recipe.batch_size // devices if recipe.batch_size % devices == 0 else 0
+    if per_device >= recipe.min_batch_per_device:
+        scale = 1.0
+    else:
+        per_device = max(recipe.batch_size, recipe.min_batch_per_device)
+        scale = per_device * devices / recipe.batch_size
+        notes.append(
+            f"the paper's global batch of {recipe.batch_size} + {recipe.batch_size} does not split "
+            f"into {devices} device batches of at least {recipe.min_batch_per_device}: keeping "
+            f"{per_device} + {per_device} per device (global {per_device * devices}) and applying "
+            f"the linear scaling rule with k = {scale:g}: learning rates × {scale:g}, iterations "
+            f"÷ {scale:g} (snapshots likewise, so they fall after the same number of images)"
+        )
+    global_batch = per_device * devices
+    schedule = max(1, round(recipe.schedule_steps / scale))
+    stop = max(1, round(recipe.stop_steps / scale))
+    snapshot = max(1, round(recipe.snapshot_every / scale))
+    if encoder != "resnet101":
+        notes.append(f"encoder {encoder}: not the papers' ResNet-101 (and not their init file)")
+    if max_steps is not None:
+        stop = min(stop, max_steps)
+        notes.append(f"--max-steps {max_steps}: training stops at {stop} (schedule unchanged)")
+    if encoder_weights is not None:
+        resolved_style = style or "torchvision"
+        init = f"torchvision ImageNet weights ('{encoder_weights}', downloaded; not the papers')"
+    elif checkpoint is not None:
+        resolved_style = style or "caffe"
+        init = f"{checkpoint} (paper: {recipe.init[0]})"
+    else:
+        resolved_style = style or "caffe"
+        init = (
+            f"random (refused without --from-scratch); the paper starts from {recipe.init[0]}: "
+            f"{recipe.init[1]}"
+        )
+    if eval_protocol not in EVALUATION_PROTOCOLS:
+        raise ValueError(
+            f"unknown evaluation protocol {eval_protocol!r}; "
+            f"choose from {sorted(EVALUATION_PROTOCOLS)}"
+        )
+    return ResolvedRecipe(
+        recipe=recipe,
+        source=source,
+        devices=devices,
+        batch_per_device=per_device,
+        global_batch=global_batch,
+        scale=scale,
+        lr=recipe.lr * scale,
+        discriminator_lr=(
+            recipe.discriminator_lr * scale if recipe.discriminator_lr is not None else None
+        ),
+        schedule_steps=schedule,
+        stop_steps=stop,
+        snapshot_every=snapshot,
+        val_every=val_every or snapshot,
+        style=resolved_style,
+        normalization="caffe" if resolved_style == "caffe" else "imagenet",
+        init=init,
+        eval_protocol=eval_protocol,
+        # DeepLabV2's BatchNorm normalises with batch statistics in training (its affine
+        # parameters are frozen, its statistics are not): share them across devices.
+        sync_batchnorm=devices > 1,
+        notes=notes,
+        encoder=encoder,
+    )
+
+
+def parse_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--data-root", type=Path, required=True, help="folder with the datasets")
-    parser.add_argument("--method", choices=sorted(METHODS), default="dacs")
+    parser.add_argument("--data-root", type=Path, help="folder with the datasets (for training)")
+    parser.add_argument("--method", choices=sorted(RECIPES), default="dacs")
+    parser.add_argument(
+        "--encoder",
+        default="resnet101",
+        help="DeepLabV2 backbone (the papers: resnet101; resnet18/50 for quick checks)",
+    )
     parser.add_argument("--devices", type=int, default=1, help="GPUs (or CPU processes)")
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--precision", default="32-true", help="e.g. bf16-mixed on Ampere+")
-    parser.add_argument("--max-steps", type=int, default=default_steps)
-    parser.add_argument("--val-every", type=int, default=5000, help="validate every N steps")
+    parser.add_argument(
+        "--max-steps", type=int, default=None, help="stop earlier than the recipe (schedule kept)"
+    )
+    parser.add_argument("--val-every", type=int, default=None, help="default: the snapshot rate")
+    parser.add_argument(
+        "--eval-protocol",
+        choices=sorted(EVALUATION_PROTOCOLS),
+        default="full",
+        help="'full' (labels at full resolution) or 'dacs' (labels resized to 1024×512)",
+    )
     parser.add_argument("--logger", choices=["csv", "wandb"], default="csv")
     parser.add_argument("--project", default="lightning_uda", help="W&B project")
-    parser.add_argument("--encoder-weights", default=None, help="'imagenet' to opt in (downloads)")
-    parser.add_argument("--checkpoint", default=None, help="local state dict to start from")
+    parser.add_argument(
+        "--encoder-weights",
+        default=None,
+        help="'imagenet': torchvision's ImageNet ResNet (downloads; torchvision layout)",
+    )
+    parser.add_argument(
+        "--checkpoint", default=None, help="local initial weights, e.g. the paper's init file"
+    )
+    parser.add_argument(
+        "--style",
+        choices=["caffe", "torchvision"],
+        default=None,
+        help="DeepLabV2 ResNet layout (default: caffe with --checkpoint, torchvision with "
+        "--encoder-weights)",
+    )
+    parser.add_argument(
+        "--from-scratch", action="store_true", help="allow random initial weights (not a recipe)"
+    )
+    parser.add_argument("--print-recipe", action="store_true", help="print the recipe and exit")
     parser.add_argument("--output", type=Path, default=Path("outputs"))
     parser.add_argument("--resume", action="store_true", help="resume from output/last.ckpt")
     parser.add_argument("--num-workers", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    if not args.print_recipe and args.data_root is None:
+        parser.error("--data-root is required (unless --print-recipe)")
+    return args
 
 
-def _strategy(args: argparse.Namespace) -> str:
-    if args.devices <= 1:
-        return "auto"
-    # AdvEnt back-propagates the segmentor and discriminator losses separately, so each backward
-    # leaves some parameters without gradients; DDP must be told (the module checks this).
-    return "ddp_find_unused_parameters_true" if args.method == "advent" else "ddp"
+def refuse_random_init(resolved: ResolvedRecipe, args: argparse.Namespace) -> None:
+    """Exit with the papers' files when DeepLabV2 would start from random weights."""
+    if args.checkpoint is not None or args.encoder_weights is not None or args.from_scratch:
+        return
+    name, where = resolved.recipe.init
+    sys.exit(
+        f"{resolved.recipe.method}: DeepLabV2 would start from random weights, which cannot "
+        f"come near the published numbers. The paper starts from {name} — {where}. Pass it with "
+        f"--checkpoint PATH/{name} (the Caffe layout and BGR mean-subtracted input are selected "
+        "for it), or --encoder-weights imagenet for torchvision's ImageNet ResNet (downloads; "
+        "not the papers' initialisation), or --from-scratch to insist."
+    )
 
 
 def run(
     args: argparse.Namespace,
-    source_factory: Callable[[Path, Any], Dataset],
-    source_preset: str,
+    source_factory: Callable[..., Dataset],
     source_name: str,
 ) -> None:
-    """Build the source→Cityscapes datamodule and the method's paper recipe, then fit."""
+    """Resolve the method's recipe for ``args.devices``, print it, then build data and fit."""
+    resolved = resolve_recipe(
+        args.method,
+        devices=args.devices,
+        source=source_name,
+        checkpoint=args.checkpoint,
+        encoder_weights=args.encoder_weights,
+        style=args.style,
+        eval_protocol=args.eval_protocol,
+        val_every=args.val_every,
+        max_steps=args.max_steps,
+        encoder=args.encoder,
+    )
+    print(resolved.format(), flush=True)
+    if args.print_recipe:
+        return
+    refuse_random_init(resolved, args)
     seed_everything(args.seed, workers=True)
-    module_cls, extra, dilations, batch_size, crop = METHODS[args.method]
-    crop_size = (512, 512) if crop else None
-    source = source_factory(args.data_root, preset(source_preset, crop=crop_size))
+    recipe = resolved.recipe
+    space = resolved.normalization
+    source = source_factory(
+        args.data_root,
+        transform=preset(SOURCE_PRESETS[source_name], crop=recipe.crop, normalization=space),
+        normalization=space,
+    )
     target = Cityscapes(
         args.data_root / "cityscapes",
         split="train",
-        transform=preset("cityscapes_train", crop=crop_size),
+        transform=preset("cityscapes_train", crop=recipe.crop, normalization=space),
         return_mask=False,
+        normalization=space,
     )
-    val = Cityscapes(args.data_root / "cityscapes", split="val", transform=preset("cityscapes_val"))
+    val = Cityscapes(
+        args.data_root / "cityscapes",
+        split="val",
+        transform=preset("cityscapes_val", protocol=args.eval_protocol, normalization=space),
+        normalization=space,
+    )
     datamodule = UDADataModule(
         source=source,
         target=target,
         val=val,
-        batch_size=batch_size,
+        batch_size=resolved.batch_per_device,
+        val_batch_size=1,
         num_workers=args.num_workers,
         seed=args.seed,
     )
-    module = module_cls(
+    module = recipe.module_cls(
         num_classes=datamodule.num_classes,
         encoder_weights=args.encoder_weights,
         checkpoint=args.checkpoint,
-        model_kwargs={"dilations": dilations},
         seed=args.seed,
-        **SGD_RECIPE,
-        **extra,
+        **resolved.module_kwargs(),
     )
     run_name = f"{source_name}2cityscapes-{args.method}"
     if args.logger == "wandb":
@@ -138,7 +588,7 @@ def run(
         monitor="val/mIoU",
         mode="max",
         save_last=True,
-        every_n_train_steps=args.val_every,
+        every_n_train_steps=resolved.snapshot_every,
         filename="step{step}-miou{val/mIoU:.1f}",
         auto_insert_metric_name=False,
     )
@@ -146,12 +596,21 @@ def run(
         accelerator=args.accelerator,
         devices=args.devices,
         strategy=_strategy(args),
+        sync_batchnorm=resolved.sync_batchnorm,
         precision=args.precision,
-        max_steps=args.max_steps,
+        max_steps=resolved.stop_steps,
         max_epochs=-1,
-        val_check_interval=args.val_every,
+        val_check_interval=resolved.val_every,
         check_val_every_n_epoch=None,
         logger=logger,
         callbacks=[checkpoints, LearningRateMonitor(), SegmentationPanels()],
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path="last" if args.resume else None)
+
+
+def _strategy(args: argparse.Namespace) -> str:
+    if args.devices <= 1:
+        return "auto"
+    # AdvEnt back-propagates the segmentor and discriminator losses separately, so each backward
+    # leaves some parameters without gradients; DDP must be told (the module checks this).
+    return "ddp_find_unused_parameters_true" if args.method == "advent" else "ddp"

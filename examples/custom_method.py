@@ -1,4 +1,4 @@
-"""A DACS variant in a few lines: per-batch class choice and a pseudo-label border mask.
+"""A DACS variant in a few lines: one class choice per batch and a pseudo-label border mask.
 
 Two hooks of :class:`~lightning_uda.methods.DACSModule` are overridden; everything else (EMA
 teacher, thresholding, strong augmentation, separate backward passes, checkpointing) is inherited.
@@ -23,7 +23,10 @@ from lightning_uda.mixing import class_mix_mask
 
 
 class BorderMaskedDACS(DACSModule):
-    """DACS with DAFormer's per-batch class choice and no pseudo-label weight near the border.
+    """DACS with one class choice shared by the batch and no pseudo-label weight near the border.
+
+    (Not DAFormer's choice: DAFormer draws per image among the batch's classes, which is
+    ``DACSModule(mix_mode="batch_union")`` without any subclass.)
 
     Args:
         border: rows/columns (pixels) at each image border whose pseudo-labels get weight 0 —
@@ -36,7 +39,7 @@ class BorderMaskedDACS(DACSModule):
         self.border = border
 
     def mix_mask(self, labels: Tensor) -> Tensor:
-        # the same source classes are pasted into every image of the batch (DAFormer)
+        # the same source classes are pasted into every image of the batch
         return class_mix_mask(
             labels,
             ignore_index=self.ignore_index,

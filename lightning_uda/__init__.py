@@ -1,7 +1,7 @@
 """lightning_uda: PyTorch Lightning plugins for unsupervised domain adaptation in segmentation.
 
 The public API is re-exported here: methods (LightningModules), callbacks, data, models, losses
-and mixing functions. See README.md for the quickstart and DESIGN notes.
+and mixing functions. See README.md for the quickstart and docs/design.md for the design notes.
 """
 
 from lightning_uda.callbacks import (
@@ -40,6 +40,7 @@ from lightning_uda.methods import (
 )
 from lightning_uda.mixing import StrongAugment, class_mix_mask, mix
 from lightning_uda.models import DeepLabV2, Discriminator, TinyUNet, build_segmentor
+from lightning_uda.normalization import CAFFE, IMAGENET, InputNormalization, get_normalization
 
 __version__ = "0.1.0"
 
@@ -55,6 +56,10 @@ __all__ = [
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "CAFFE",
+    "IMAGENET",
+    "InputNormalization",
+    "get_normalization",
     "SYNTHIA",
     "Cityscapes",
     "ClassMixModule",

@@ -89,9 +89,17 @@ def _evaluate(module: UDAModule, loader: DataLoader) -> torch.Tensor:
 
 
 def run_method(
-    name: str, steps: int = DEMO_STEPS, seed: int = 0, progress_bar: bool = True
+    name: str,
+    steps: int = DEMO_STEPS,
+    seed: int = 0,
+    progress_bar: bool = True,
+    overrides: dict[str, Any] | None = None,
 ) -> DemoResult:
-    """Train method ``name`` of :data:`DEMO_METHODS` on the demo shift and evaluate it."""
+    """Train method ``name`` of :data:`DEMO_METHODS` on the demo shift and evaluate it.
+
+    ``overrides`` replaces module arguments of the demo recipe (e.g. ``{"teacher_bn": "eval"}``)
+    for ablations; the table rows use none.
+    """
     if name not in DEMO_METHODS:
         raise ValueError(f"unknown demo method {name!r}; choose from {sorted(DEMO_METHODS)}")
     module_cls, extra, oracle = DEMO_METHODS[name]
@@ -104,8 +112,7 @@ def run_method(
         num_classes=datamodule.num_classes,
         class_names=datamodule.classes,
         seed=seed,
-        **DEMO_RECIPE,
-        **extra,
+        **{**DEMO_RECIPE, **extra, **(overrides or {})},
     )
     trainer = Trainer(
         accelerator="auto",

@@ -127,10 +127,10 @@ class InputNormalization:
         return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
     def __str__(self) -> str:
-        return (
-            f"{self.name} ({self.channel_order.upper()}, 0–{self.max_pixel_value:g}, "
-            f"mean {tuple(round(m, 4) for m in self.mean)}, std {tuple(round(s, 4) for s in self.std)})"
-        )
+        mean = tuple(round(m, 4) for m in self.mean)
+        std = tuple(round(s, 4) for s in self.std)
+        order = self.channel_order.upper()
+        return f"{self.name} ({order}, 0–{self.max_pixel_value:g}, mean {mean}, std {std})"
 
 
 IMAGENET = InputNormalization(

@@ -1,16 +1,21 @@
-"""The shipped examples import and their custom method trains."""
+"""The shipped examples: resolved recipes, --print-recipe, the random-init refusal, a tiny fit."""
 
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
+from PIL import Image
 
 from .methods.helpers import cpu_trainer, tiny_module_kwargs, toy_datamodule
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+FRAME = "frankfurt_000000_000294"
 
 
 def _load(name: str):
@@ -24,13 +29,18 @@ def _load(name: str):
         sys.path.remove(str(EXAMPLES))
 
 
+@pytest.fixture(scope="module")
+def common():
+    return _load("_common")
+
+
 def test_custom_method_zeroes_border_weights_and_trains(tmp_path):
     example = _load("custom_method")
     module = example.BorderMaskedDACS(border=2, **tiny_module_kwargs())
     images = torch.randn(2, 3, 16, 16)
     _, weights = module.pseudo_label(images)
     assert torch.all(weights[:, :2] == 0) and torch.all(weights[:, :, -2:] == 0)
-    # a per-batch mask: the same classes are pasted into every image
+    # one class choice for the batch: the same classes are pasted into every image
     labels = torch.tensor([[[0, 1], [2, 2]], [[1, 1], [0, 2]]])
     mask = module.mix_mask(labels)
     chosen = [set(labels[b][mask[b]].tolist()) for b in range(2)]
@@ -40,17 +50,181 @@ def test_custom_method_zeroes_border_weights_and_trains(tmp_path):
     assert torch.isfinite(trainer.callback_metrics["train/loss_mixed"])
 
 
-def test_gta_and_synthia_examples_import():
-    for name in ("gta_to_cityscapes", "synthia_to_cityscapes"):
-        assert hasattr(_load(name), "run")
+# ------------------------------------------------------------------ resolved recipes
+@pytest.mark.parametrize(
+    ("devices", "per_device", "global_batch", "lr", "schedule", "stop"),
+    [
+        (1, 2, 2, 2.5e-4, 250_000, 250_000),  # the paper
+        (2, 1, 2, 2.5e-4, 250_000, 250_000),  # global 2 kept: 1 + 1 per device
+        (4, 2, 8, 1e-3, 62_500, 62_500),  # 2 does not split in 4: k = 4
+    ],
+)
+def test_dacs_global_batch_and_linear_scaling(
+    common, devices, per_device, global_batch, lr, schedule, stop
+):
+    r = common.resolve_recipe("dacs", devices=devices, checkpoint="coco.pth")
+    assert (r.batch_per_device, r.global_batch) == (per_device, global_batch)
+    assert r.lr == pytest.approx(lr)
+    assert (r.schedule_steps, r.stop_steps) == (schedule, stop)
+    assert r.module_kwargs()["lr"] == pytest.approx(lr)
+    assert r.module_kwargs()["total_steps"] == schedule
+    assert r.sync_batchnorm == (devices > 1)
+    assert (r.scale != 1) == bool(r.notes)  # the scaling is said, not silent
 
 
-def test_every_paper_recipe_builds_its_module():
-    common = _load("_common")
-    for name, (module_cls, extra, dilations, batch_size, _) in common.METHODS.items():
-        recipe = {**common.SGD_RECIPE, "encoder": "resnet18"}  # resnet101 is slow to build
-        module = module_cls(
-            num_classes=19, model_kwargs={"dilations": dilations}, **recipe, **extra
+@pytest.mark.parametrize(
+    ("devices", "per_device", "lr", "d_lr", "schedule", "stop", "snapshot"),
+    [
+        (1, 1, 2.5e-4, 1e-4, 250_000, 120_000, 2_000),
+        (2, 1, 5e-4, 2e-4, 125_000, 60_000, 1_000),
+        (4, 1, 1e-3, 4e-4, 62_500, 30_000, 500),
+    ],
+)
+def test_advent_batch_one_scales_with_devices(
+    common, devices, per_device, lr, d_lr, schedule, stop, snapshot
+):
+    r = common.resolve_recipe("advent", devices=devices, checkpoint="imagenet.pth")
+    assert r.batch_per_device == per_device and r.global_batch == devices
+    assert r.lr == pytest.approx(lr) and r.discriminator_lr == pytest.approx(d_lr)
+    assert (r.schedule_steps, r.stop_steps, r.snapshot_every) == (schedule, stop, snapshot)
+
+
+def test_classmix_keeps_two_images_per_device(common):
+    # ClassMix pairs images within a device's batch, so 2 + 2 on 2 devices is not 1 + 1
+    r = common.resolve_recipe("classmix", devices=2, checkpoint="coco.pth")
+    assert r.batch_per_device == 2 and r.global_batch == 4 and r.lr == pytest.approx(5e-4)
+
+
+def test_recipes_follow_the_papers(common):
+    dacs = common.resolve_recipe("dacs", checkpoint="x.pth").module_kwargs()
+    assert dacs["model_kwargs"] == {"dilations": (6, 12), "multi_level": False, "style": "caffe"}
+    assert dacs["normalization"] == "caffe" and dacs["teacher_bn"] == "train"
+    assert dacs["mix_include_ignore"] and dacs["jitter_semantics"] == "kornia05"
+    assert dacs["align_corners"] and dacs["ema_alpha"] == 0.99
+    for method in ("advent", "minent"):
+        kwargs = common.resolve_recipe(method, checkpoint="x.pth").module_kwargs()
+        assert kwargs["model_kwargs"]["multi_level"] is True
+        assert kwargs["model_kwargs"]["dilations"] == (6, 12, 18, 24)
+        assert kwargs["aux_seg_weight"] == 0.1
+    advent = common.RECIPES["advent"]
+    assert advent.module_kwargs["aux_adv_weight"] == 2e-4
+    assert common.RECIPES["minent"].module_kwargs["aux_ent_weight"] == 2e-4
+    assert (advent.schedule_steps, advent.stop_steps, advent.snapshot_every) == (
+        250_000,
+        120_000,
+        2_000,
+    )
+    imagenet = common.resolve_recipe("dacs", encoder_weights="imagenet")
+    assert imagenet.style == "torchvision" and imagenet.normalization == "imagenet"
+
+
+def test_every_recipe_builds_its_module_with_the_papers_heads(common):
+    for method in common.RECIPES:
+        r = common.resolve_recipe(method, checkpoint="x.pth", encoder="resnet18")
+        module = r.recipe.module_cls(num_classes=19, **r.module_kwargs())
+        assert module.normalization.name == "caffe", method
+        assert module.model.encoder.maxpool.ceil_mode, method  # Caffe layout
+        if method in ("advent", "minent"):
+            assert module.model.aux_classifier is not None and module.levels == ("main", "aux")
+            assert len(module.model.aux_classifier.branches) == 4
+        else:
+            assert module.model.aux_classifier is None
+
+
+@pytest.mark.parametrize("example", ["gta_to_cityscapes", "synthia_to_cityscapes"])
+def test_print_recipe_for_every_method(common, example, capsys):
+    script = _load(example)
+    for method in common.RECIPES:
+        args = common.parse_args("x", ["--method", method, "--devices", "4", "--print-recipe"])
+        source = "gta5" if example.startswith("gta") else "synthia"
+        common.run(args, source_factory=None, source_name=source)
+        out = capsys.readouterr().out
+        for key in (
+            "initial weights",
+            "input normalisation",
+            "batch",
+            "learning rates",
+            "iterations",
+            "teacher",
+            "evaluation",
+            "published mIoU",
+            "differs from the paper",
+        ):
+            assert key in out, (method, key)
+        assert "per device × 4" in out
+        assert common.RECIPES[method].init[0] in out
+    assert hasattr(script, "parse_args")
+
+
+def test_examples_refuse_random_deeplab_weights(common):
+    args = common.parse_args("x", ["--data-root", "/nowhere", "--method", "advent"])
+    resolved = common.resolve_recipe("advent")
+    with pytest.raises(SystemExit) as exit_info:
+        common.refuse_random_init(resolved, args)
+    message = str(exit_info.value.code)
+    assert "DeepLab_resnet_pretrained_imagenet.pth" in message and "ADVENT" in message
+    assert "--checkpoint" in message and "--from-scratch" in message
+    dacs = common.resolve_recipe("dacs")
+    with pytest.raises(SystemExit, match="resnet101COCO-41f33a49.pth"):
+        common.refuse_random_init(dacs, common.parse_args("x", ["--data-root", "/d"]))
+    allowed = common.parse_args("x", ["--data-root", "/d", "--from-scratch"])
+    common.refuse_random_init(dacs, allowed)  # returns
+
+
+# ------------------------------------------------------------------ a real (tiny) run
+def _gta_and_cityscapes(root: Path, fixtures: Path) -> None:
+    mini = fixtures / "cityscapes_mini"
+    city = root / "cityscapes"
+    for split in ("train", "val"):
+        for kind, suffix in (("leftImg8bit", "leftImg8bit"), ("gtFine", "gtFine_labelIds")):
+            folder = city / kind / split / "frankfurt"
+            folder.mkdir(parents=True)
+            for i in range(2):
+                shutil.copy(
+                    mini / kind / "val" / "frankfurt" / f"{FRAME}_{suffix}.png",
+                    folder / f"frankfurt_000000_00000{i}_{suffix}.png",
+                )
+    ids = np.array(Image.open(mini / "gtFine/val/frankfurt" / f"{FRAME}_gtFine_labelIds.png"))
+    (root / "gta5" / "images").mkdir(parents=True)
+    (root / "gta5" / "labels").mkdir()
+    for i in range(2):
+        shutil.copy(
+            mini / "leftImg8bit/val/frankfurt" / f"{FRAME}_leftImg8bit.png",
+            root / "gta5" / "images" / f"0000{i}.png",
         )
-        assert module.model.classifier is not None, name
-        assert batch_size in (1, 2)
+        Image.fromarray(ids, mode="P").save(root / "gta5" / "labels" / f"0000{i}.png")
+
+
+@pytest.mark.slow
+def test_gta_example_trains_and_validates_on_real_format_files(common, tmp_path, fixtures_root):
+    _gta_and_cityscapes(tmp_path / "data", fixtures_root)
+    args = common.parse_args(
+        "x",
+        [
+            "--data-root",
+            str(tmp_path / "data"),
+            "--method",
+            "dacs",
+            "--encoder",
+            "resnet18",
+            "--from-scratch",
+            "--accelerator",
+            "cpu",
+            "--max-steps",
+            "1",
+            "--val-every",
+            "1",
+            "--num-workers",
+            "0",
+            "--output",
+            str(tmp_path / "out"),
+        ],
+    )
+    from lightning_uda.data import GTA5
+
+    common.run(
+        args,
+        source_factory=lambda root, **kwargs: GTA5(root / "gta5", **kwargs),
+        source_name="gta5",
+    )
+    assert list((tmp_path / "out").rglob("last.ckpt"))

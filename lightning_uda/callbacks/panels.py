@@ -2,7 +2,8 @@
 
 Scalars are logged by the modules with ``self.log`` for any logger; this callback adds what only
 W&B shows well — images with overlaid label/prediction masks and a per-class IoU table — and does
-nothing when no :class:`~lightning.pytorch.loggers.WandbLogger` is attached.
+nothing when no :class:`~lightning.pytorch.loggers.WandbLogger` is attached. Images are turned
+back into pixels with the module's input space (``pl_module.normalization``).
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
-from lightning_uda.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from lightning_uda.constants import IGNORE_INDEX
+from lightning_uda.normalization import NormalizationLike, get_normalization
 
 
-def denormalize(images: Tensor) -> np.ndarray:
-    """ImageNet-normalised ``B×3×H×W`` → ``B×H×W×3`` uint8 RGB."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
-    rgb = (images.detach().float() * std + mean).clamp(0, 1) * 255
-    return rgb.permute(0, 2, 3, 1).round().byte().cpu().numpy()
+def denormalize(images: Tensor, normalization: NormalizationLike | None = None) -> np.ndarray:
+    """``B×3×H×W`` tensors in the input space ``normalization`` (default ImageNet) →
+    ``B×H×W×3`` uint8 RGB."""
+    return get_normalization(normalization).to_uint8(images)
 
 
 class SegmentationPanels(Callback):
@@ -63,7 +63,7 @@ class SegmentationPanels(Callback):
         import wandb
 
         n = min(self.max_images, mixed["image"].shape[0])
-        images = denormalize(mixed["image"][:n])
+        images = denormalize(mixed["image"][:n], getattr(pl_module, "normalization", None))
         panels = [
             wandb.Image(images[i], masks=self._masks(pl_module, mixed_label=mixed["label"][i]))
             for i in range(n)
@@ -87,7 +87,7 @@ class SegmentationPanels(Callback):
         n = min(self.max_images, batch["image"].shape[0])
         with torch.no_grad():
             preds = pl_module.segment(batch["image"][:n], size=tuple(batch["mask"].shape[-2:]))
-        images = denormalize(batch["image"][:n])
+        images = denormalize(batch["image"][:n], getattr(pl_module, "normalization", None))
         panels = [
             wandb.Image(
                 images[i],

@@ -11,12 +11,19 @@ from lightning_uda.constants import IGNORE_INDEX
 __all__ = ["cross_entropy", "pixel_weighted_cross_entropy", "upsample_logits"]
 
 
-def upsample_logits(logits: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
-    """Resize logits bilinearly (``align_corners=False``) to ``size``.
+def upsample_logits(
+    logits: Tensor, size: tuple[int, int] | torch.Size, align_corners: bool = False
+) -> Tensor:
+    """Resize logits bilinearly to ``size``.
 
     Args:
         logits: ``B×K×h×w`` scores.
         size: target ``(H, W)``.
+        align_corners: ``False`` (default; mmseg, DAFormer, smp) treats pixels as areas;
+            ``True`` maps the corner pixels of both grids onto each other, as DACS' and AdvEnt's
+            ``nn.Upsample(..., align_corners=True)`` do in their losses, pseudo-labels and
+            evaluation. The two differ by up to half an input pixel (4 output pixels for
+            DeepLabV2's 1/8 logits), which matters at object boundaries.
 
     Returns:
         ``B×K×H×W``; the input itself when it already has that size.
@@ -24,7 +31,7 @@ def upsample_logits(logits: Tensor, size: tuple[int, int] | torch.Size) -> Tenso
     size = (int(size[0]), int(size[1]))
     if tuple(logits.shape[-2:]) == size:
         return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
 
 
 def _check_shapes(logits: Tensor, target: Tensor) -> None:
@@ -35,14 +42,21 @@ def _check_shapes(logits: Tensor, target: Tensor) -> None:
         )
 
 
-def _pixel_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int) -> Tensor:
+def _pixel_cross_entropy(
+    logits: Tensor, target: Tensor, ignore_index: int, align_corners: bool
+) -> Tensor:
     """``B×H×W`` per-pixel CE at the label resolution; 0 at ignored pixels."""
     _check_shapes(logits, target)
-    logits = upsample_logits(logits, target.shape[-2:])
+    logits = upsample_logits(logits, target.shape[-2:], align_corners=align_corners)
     return F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")
 
 
-def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+def cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    align_corners: bool = False,
+) -> Tensor:
     """Mean cross-entropy over the valid (non-ignored) pixels.
 
     Logits are upsampled to the label size first. Unlike ``F.cross_entropy``, a batch without any
@@ -52,11 +66,12 @@ def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_IND
         logits: ``B×K×h×w`` scores.
         target: ``B×H×W`` long train ids, ``ignore_index`` for void.
         ignore_index: label value excluded from the loss and from the mean.
+        align_corners: how logits are upsampled (see :func:`upsample_logits`).
 
     Returns:
         Scalar loss.
     """
-    per_pixel = _pixel_cross_entropy(logits, target, ignore_index)
+    per_pixel = _pixel_cross_entropy(logits, target, ignore_index, align_corners)
     num_valid = (target != ignore_index).sum().clamp_min(1)
     return per_pixel.sum() / num_valid
 
@@ -66,6 +81,7 @@ def pixel_weighted_cross_entropy(
     target: Tensor,
     weight: Tensor | float,
     ignore_index: int = IGNORE_INDEX,
+    align_corners: bool = False,
 ) -> Tensor:
     """Cross-entropy weighted per pixel, with the DACS reduction.
 
@@ -78,11 +94,12 @@ def pixel_weighted_cross_entropy(
         target: ``B×H×W`` long train ids, ``ignore_index`` for void.
         weight: ``B×H×W`` per-pixel weights, a ``B`` vector (one weight per image), or a scalar.
         ignore_index: label value whose pixels contribute 0.
+        align_corners: how logits are upsampled (see :func:`upsample_logits`).
 
     Returns:
         Scalar loss.
     """
-    per_pixel = _pixel_cross_entropy(logits, target, ignore_index)
+    per_pixel = _pixel_cross_entropy(logits, target, ignore_index, align_corners)
     weight = torch.as_tensor(weight, dtype=per_pixel.dtype, device=per_pixel.device)
     if weight.dim() == 1:
         if weight.shape[0] != target.shape[0]:

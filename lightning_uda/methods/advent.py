@@ -139,7 +139,7 @@ class AdvEntModule(MultiLevelModule):
                 f"{MIN_DISCRIMINATOR_INPUT}×{MIN_DISCRIMINATOR_INPUT} pixels; got {tuple(size)}. "
                 "Use larger crops."
             )
-        return entropy_maps(logits, size)
+        return entropy_maps(logits, size, align_corners=self.align_corners)
 
     def domain_loss(self, level: str, maps: Tensor, domain_label: float) -> Tensor:
         """BCE-with-logits of discriminator ``level`` on ``maps`` against a constant label."""

@@ -1,8 +1,10 @@
 """`UDAModule`: the LightningModule every adaptation method derives from.
 
-The base owns what all methods share (DESIGN.md §3): the segmentor (``self.model``), the optimiser
-with backbone/head parameter groups and an iteration-based poly schedule, a private step counter,
-the optional MCC regulariser, validation/test with per-class IoU (torchmetrics), and prediction.
+The base owns what all methods share (see ``docs/design.md``): the segmentor (``self.model``), the
+optimiser with backbone/head parameter groups and an iteration-based poly schedule, a private step
+counter, the optional MCC regulariser, the run's input space (``normalization``) and logit
+upsampling rule (``align_corners``), validation/test with per-class IoU (torchmetrics), and
+prediction.
 
 A method adds its losses by overriding :meth:`UDAModule.adaptation_losses`, a generator that
 yields ``(name, weighted_loss)`` pairs. The base back-propagates each loss as soon as it is
@@ -31,6 +33,7 @@ from torchmetrics.classification import MulticlassJaccardIndex
 from lightning_uda.constants import IGNORE_INDEX
 from lightning_uda.losses import MinimumClassConfusionLoss, cross_entropy, upsample_logits
 from lightning_uda.models import build_segmentor, parameter_groups
+from lightning_uda.normalization import InputNormalization, NormalizationLike, get_normalization
 
 Losses = Iterator[tuple[str, Tensor]]
 
@@ -38,8 +41,15 @@ Losses = Iterator[tuple[str, Tensor]]
 def poly_lr_factor(step: int, total_steps: int, power: float = 0.9, warmup_steps: int = 0) -> float:
     """Learning-rate multiplier of the poly schedule, ``(1 - step/total)**power``.
 
-    DACS and AdvEnt decay the learning rate per iteration with power 0.9. ``warmup_steps`` adds the
-    linear warm-up DAFormer uses (factor ``(step + 1) / warmup_steps`` during warm-up).
+    DACS and AdvEnt decay the learning rate per iteration with power 0.9. ``warmup_steps`` adds a
+    linear warm-up: the factor is ``(step + 1) / warmup_steps`` for the first ``warmup_steps``
+    steps, then the poly factor of the *current* step (so the peak is slightly below 1 when the
+    warm-up ends: ``(1 - warmup/total)**power``).
+
+    This is not mmcv's warm-up (DAFormer's ``poly10warm`` schedule): mmcv multiplies the poly
+    learning rate of the current step by ``1 - (1 - step/warmup) · (1 - warmup_ratio)``, starting
+    from ``warmup_ratio`` (1e-6 in DAFormer) rather than from ``1/warmup_steps``, and reaching
+    exactly the poly value at the end of the warm-up. The two differ only during the warm-up.
 
     Args:
         step: optimiser steps taken so far (0-based).
@@ -55,10 +65,21 @@ def poly_lr_factor(step: int, total_steps: int, power: float = 0.9, warmup_steps
 class UDAModule(LightningModule):
     """Base LightningModule for domain-adaptive semantic segmentation.
 
-    Batches follow DESIGN.md §2: training ``{"source": {"image": B×3×H×W, "mask": B×H×W},
-    "target": {"image": B×3×H×W[, "mask"]}}`` (a target mask is for monitoring only and is never
-    trained on); validation/test ``{"image", "mask"}``; predict
-    ``{"image"[, "orig_size", "path"]}``.
+    Batches (``docs/design.md``, "Data contract"): training ``{"source": {"image": B×3×H×W,
+    "mask": B×H×W}, "target": {"image": B×3×H×W[, "mask"]}}`` (a target mask is for monitoring
+    only and is never trained on); validation/test ``{"image", "mask"}``; predict
+    ``{"image"[, "orig_size", "path"]}``. Images are in the run's input space
+    (:attr:`normalization`).
+
+    **Logged metrics.** ``val/mIoU`` (and ``test/mIoU``, ``val/IoU/<class>``, subset means such as
+    ``val/mIoU16``) is the IoU of the *student* in percent, accumulated over the whole split
+    (one confusion matrix, synced across ranks), void pixels (255) excluded, classes absent from
+    both prediction and label left out of the mean. It is measured at the resolution of the
+    labels the val dataset yields, with the logits upsampled to them; so the evaluation protocol
+    is the val transform's: with ``preset("cityscapes_val")`` (protocol ``"full"``, the default)
+    the network sees 1024×512 images and is scored against the full 2048×1024 labels (AdvEnt,
+    DAFormer, MIC, the official benchmark); with ``protocol="dacs"`` labels are nearest-resized to
+    1024×512 (DACS' evaluation). See ``lightning_uda.data.transforms``.
 
     Args:
         model: a ready segmentor (``forward(x) -> B×K×h×w`` logits, backbone under ``.encoder``).
@@ -78,7 +99,8 @@ class UDAModule(LightningModule):
         betas: AdamW betas.
         head_lr_mult: learning-rate multiplier of the head (10 in DACS/AdvEnt).
         poly_power: exponent of the per-iteration poly decay (0.9).
-        warmup_steps: linear learning-rate warm-up steps (0 = none).
+        warmup_steps: linear learning-rate warm-up steps (0 = none; see :func:`poly_lr_factor`
+            for how it differs from mmcv's warm-up).
         total_steps: steps of the schedule; default ``trainer.max_steps`` (or Lightning's estimate).
         mcc_weight: weight of the Minimum Class Confusion loss on target pixels (0 = off); any
             method can add MCC as a regulariser this way.
@@ -92,6 +114,15 @@ class UDAModule(LightningModule):
         ignore_index: label of void pixels (255).
         seed: seed of the module's own random generator (mixing masks, augmentation, sampling);
             each DDP rank offsets it by its rank.
+        normalization: the run's input space, ``"imagenet"`` or ``"caffe"`` (BGR, 0–255,
+            mean-only; the Caffe DeepLab-v2 weights) or an
+            :class:`~lightning_uda.normalization.InputNormalization`. ``None`` (default) takes
+            the segmentor's ``input_normalization`` attribute (``"caffe"`` for
+            ``DeepLabV2(style="caffe")``), else ``"imagenet"``. Everything in the module that
+            converts between pixels and tensors (strong augmentation, panels) uses it, and
+            ``fit`` fails at the start if the datamodule's datasets normalise differently.
+        align_corners: upsample logits with ``align_corners=True`` in the losses, pseudo-labels
+            and evaluation, as DACS' and AdvEnt's code do (default ``False``, as mmseg/DAFormer).
     """
 
     def __init__(
@@ -122,6 +153,8 @@ class UDAModule(LightningModule):
         class_subsets: Mapping[str, Sequence[int]] | None = None,
         ignore_index: int = IGNORE_INDEX,
         seed: int = 0,
+        normalization: NormalizationLike | None = None,
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
@@ -140,6 +173,12 @@ class UDAModule(LightningModule):
                 **(model_kwargs or {}),
             )
         self.model = model
+        self.normalization: InputNormalization = get_normalization(
+            normalization
+            if normalization is not None
+            else getattr(model, "input_normalization", None)
+        )
+        self.align_corners = bool(align_corners)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self._class_names = list(class_names) if class_names is not None else None
@@ -174,9 +213,13 @@ class UDAModule(LightningModule):
         """Student logits ``B×K×h×w`` (not upsampled) for normalised images ``B×3×H×W``."""
         return self.model(images)
 
+    def upsample(self, logits: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+        """``B×K×h×w`` logits → ``B×K×H×W`` with the module's ``align_corners`` rule."""
+        return upsample_logits(logits, size, align_corners=self.align_corners)
+
     def segment(self, images: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         """Logits ``B×K×H'×W'`` upsampled to ``size`` (default: the image size)."""
-        return upsample_logits(self.model(images), size or tuple(images.shape[-2:]))
+        return self.upsample(self.model(images), size or tuple(images.shape[-2:]))
 
     @property
     def class_names(self) -> list[str]:
@@ -206,7 +249,12 @@ class UDAModule(LightningModule):
     def source_loss(self, source: Mapping[str, Tensor]) -> Tensor:
         """Supervised CE on the source batch (mean over valid pixels)."""
         logits = self.model(source["image"])
-        return cross_entropy(logits, source["mask"], ignore_index=self.ignore_index)
+        return cross_entropy(
+            logits,
+            source["mask"],
+            ignore_index=self.ignore_index,
+            align_corners=self.align_corners,
+        )
 
     def adaptation_losses(self, batch: Mapping[str, Any]) -> Losses:
         """Yield ``(name, weighted_loss)`` for the adaptation terms of a method.
@@ -348,7 +396,24 @@ class UDAModule(LightningModule):
                 f"{trainer.gradient_clip_val} to the module instead."
             )
 
+    def _check_input_space(self) -> None:
+        """The datamodule's datasets must normalise pixels as the module (its weights) expects."""
+        data_space = getattr(self._datamodule(), "normalization", None)
+        if data_space is None:
+            return
+        data_space = get_normalization(data_space)
+        if data_space != self.normalization:
+            raise ValueError(
+                f"{type(self).__name__} expects images in the {self.normalization.name!r} input "
+                f"space ({self.normalization}) but the datamodule's datasets are normalised as "
+                f"{data_space.name!r} ({data_space}). Use one setting for both: pass "
+                f"normalization={self.normalization.name!r} to the datasets (or presets), or "
+                f"normalization={data_space.name!r} to the module if its weights were trained "
+                "on that space."
+            )
+
     def on_fit_start(self) -> None:
+        self._check_input_space()
         # Different ranks must draw different mixing masks / augmentations.
         if self.trainer.world_size > 1 and not getattr(self, "_rng_restored", False):
             self.rng.manual_seed(self.hparams.seed + self.trainer.global_rank)
@@ -432,5 +497,5 @@ class UDAModule(LightningModule):
         preds = []
         for i in range(images.shape[0]):
             size = tuple(int(s) for s in sizes[i]) if sizes is not None else images.shape[-2:]
-            preds.append(upsample_logits(logits[i : i + 1], tuple(size)).argmax(dim=1)[0])
+            preds.append(self.upsample(logits[i : i + 1], tuple(size)).argmax(dim=1)[0])
         return {"pred": preds, "path": batch.get("path")}

@@ -19,8 +19,7 @@ from torch import Tensor, nn
 from lightning_uda.losses import pixel_weighted_cross_entropy
 from lightning_uda.methods.base import Losses
 from lightning_uda.methods.self_training import SelfTrainingModule
-from lightning_uda.mixing import StrongAugment, class_mix_mask, mix
-
+from lightning_uda.mixing import MIX_MODES, StrongAugment, class_mix_mask, mix
 
 class MixInputs(NamedTuple):
     """The two sides of a mix: ``foreground`` pixels are pasted where the mask is 1.
@@ -44,14 +43,27 @@ class ClassMixModule(SelfTrainingModule):
     :meth:`strong_augment`, :meth:`mixed_loss`.
 
     Args:
-        mix_mode: "per_image" (ClassMix/DACS) or "per_batch" (DAFormer) class choice.
+        mix_mode: how classes are chosen (:func:`~lightning_uda.mixing.class_mix_mask`):
+            "per_image" (ClassMix, DACS: each image draws among its own classes), "batch_union"
+            (DAFormer: each image draws among the classes of the whole batch; DAFormer's code also
+            keeps the void label, ``mix_include_ignore=True``) or "per_batch" (one draw shared
+            by the whole batch).
         mix_rounding: "floor" (ClassMix: half of the pseudo-label classes, rounded down) or
             "ceil" (DACS: half of the source classes, rounded up).
+        mix_include_ignore: keep the void label (255) among the class candidates, as DACS' code
+            does (``torch.unique`` keeps it): void source pixels are then pasted, with weight 1,
+            and count 0 in the mixed loss. Default ``False`` (ClassMix paper; void never pasted).
         mixed_weight: weight of the mixed loss (1).
         mix_warmup_steps: train on the source only for this many steps before the mixed loss
             starts (0 = from the first step, as DACS), so the first pseudo-labels come from a
             teacher that has learnt the source task; the teacher follows the student throughout.
         strong_augmentation: apply DACS' colour jitter + blur to the mixed images.
+        jitter_semantics: "torchvision" (default; multiplicative brightness, contrast blended
+            with the mean) or "kornia05", the colour jitter DACS ran (kornia 0.5: additive
+            brightness, contrast without the mean, the four operations in random order); see
+            :class:`~lightning_uda.mixing.StrongAugment`.
+        augment_decision: "per_image" (default) or "per_batch": one jitter and one blur
+            apply/skip draw per step shared by the batch, as DACS' code.
         **kwargs: see :class:`SelfTrainingModule` and :class:`UDAModule`.
     """
 
@@ -63,18 +75,29 @@ class ClassMixModule(SelfTrainingModule):
         *,
         mix_mode: str = "per_image",
         mix_rounding: str | None = None,
+        mix_include_ignore: bool = False,
         mixed_weight: float = 1.0,
         mix_warmup_steps: int = 0,
         strong_augmentation: bool = True,
+        jitter_semantics: str = "torchvision",
+        augment_decision: str = "per_image",
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
-        if mix_mode not in ("per_image", "per_batch"):
-            raise ValueError(f"mix_mode must be 'per_image' or 'per_batch', got {mix_mode!r}")
+        if mix_mode not in MIX_MODES:
+            raise ValueError(f"mix_mode must be one of {MIX_MODES}, got {mix_mode!r}")
         self.mix_rounding = mix_rounding or self.default_mix_rounding
         if self.mix_rounding not in ("floor", "ceil"):
             raise ValueError(f"mix_rounding must be 'floor' or 'ceil', got {mix_rounding!r}")
-        self.augment = StrongAugment() if strong_augmentation else None
+        self.augment = (
+            StrongAugment(
+                normalization=self.normalization,
+                jitter_semantics=jitter_semantics,
+                decision=augment_decision,
+            )
+            if strong_augmentation
+            else None
+        )
 
     # ------------------------------------------------------------------ hooks
     def mix_inputs(
@@ -99,6 +122,7 @@ class ClassMixModule(SelfTrainingModule):
             mode=self.hparams.mix_mode,
             rounding=self.mix_rounding,
             generator=self.rng,
+            include_ignore=self.hparams.mix_include_ignore,
         )
 
     def strong_augment(
@@ -112,7 +136,13 @@ class ClassMixModule(SelfTrainingModule):
     def mixed_loss(self, images: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
         """Mean over all pixels of weight × CE of the student on the mixed images (DACS)."""
         logits = self.model(images)
-        return pixel_weighted_cross_entropy(logits, labels, weights, ignore_index=self.ignore_index)
+        return pixel_weighted_cross_entropy(
+            logits,
+            labels,
+            weights,
+            ignore_index=self.ignore_index,
+            align_corners=self.align_corners,
+        )
 
     # ------------------------------------------------------------------ algorithm
     def adaptation_losses(self, batch: Mapping[str, Any]) -> Losses:

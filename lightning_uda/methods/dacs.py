@@ -25,9 +25,14 @@ class DACSModule(ClassMixModule):
     """DACS: source classes (by ground truth) pasted onto target images.
 
     Same hooks and arguments as :class:`ClassMixModule`; the default class choice rounds up
-    (ceil(n/2), as DACS). Subclass and override one hook for a variant, e.g. ``mix_mask`` for
-    DAFormer's per-batch class choice, or ``pseudo_label`` to mask unreliable regions (see
-    ``examples/custom_method.py``).
+    (ceil(n/2), as DACS). DAFormer's class choice (each image draws among the classes of the
+    whole source batch) is ``mix_mode="batch_union"``. Subclass and override one hook for a
+    variant, e.g. ``mix_mask`` for one class choice shared by the batch, or ``pseudo_label`` to
+    mask unreliable regions (see ``examples/custom_method.py``).
+
+    The reference's exactness switches (all off by default, on in the DACS example recipe):
+    ``mix_include_ignore=True`` (void among the class candidates), ``jitter_semantics="kornia05"``
+    with ``augment_decision="per_batch"`` (the colour jitter DACS ran) and ``align_corners=True``.
     """
 
     default_mix_rounding = "ceil"

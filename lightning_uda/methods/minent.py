@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_uda.losses import entropy_loss, upsample_logits
+from lightning_uda.losses import entropy_loss
 from lightning_uda.methods.base import Losses
 from lightning_uda.methods.multi_level import MultiLevelModule
 
@@ -46,7 +46,7 @@ class MinEntModule(MultiLevelModule):
 
     def target_entropy(self, logits: Tensor, size: tuple[int, int]) -> Tensor:
         """Scalar MinEnt loss of ``B×K×h×w`` target logits, upsampled to ``size`` first."""
-        return entropy_loss(torch.softmax(upsample_logits(logits, size), dim=1))
+        return entropy_loss(torch.softmax(self.upsample(logits, size), dim=1))
 
     def adaptation_losses(self, batch: Mapping[str, Any]) -> Losses:
         yield from super().adaptation_losses(batch)

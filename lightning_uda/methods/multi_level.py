@@ -60,9 +60,10 @@ class MultiLevelModule(UDAModule):
             logits: level → ``B×K×h×w`` logits (upsampled to the label size inside the CE).
             mask: ``B×H×W`` train ids (``ignore_index`` is left out of the mean).
         """
-        loss = cross_entropy(logits["main"], mask, ignore_index=self.ignore_index)
+        options = {"ignore_index": self.ignore_index, "align_corners": self.align_corners}
+        loss = cross_entropy(logits["main"], mask, **options)
         if "aux" in logits:
-            aux = cross_entropy(logits["aux"], mask, ignore_index=self.ignore_index)
+            aux = cross_entropy(logits["aux"], mask, **options)
             self.log("train/loss_source_aux", aux.detach(), batch_size=mask.shape[0])
             loss = loss + self.aux_seg_weight * aux
         return loss
@@ -72,7 +73,9 @@ class MultiLevelModule(UDAModule):
         return self.supervised_loss(self.level_logits(source["image"]), source["mask"])
 
 
-def entropy_maps(logits: Mapping[str, Tensor], size: tuple[int, int]) -> dict[str, Tensor]:
+def entropy_maps(
+    logits: Mapping[str, Tensor], size: tuple[int, int], align_corners: bool = False
+) -> dict[str, Tensor]:
     """AdvEnt's weighted self-information maps of each level at the input resolution.
 
     As AdvEnt: logits are interpolated to the input size first, then softmax, then
@@ -81,11 +84,15 @@ def entropy_maps(logits: Mapping[str, Tensor], size: tuple[int, int]) -> dict[st
     Args:
         logits: level → ``B×K×h×w`` logits.
         size: ``(H, W)`` of the input images.
+        align_corners: bilinear upsampling rule (AdvEnt: ``True``; see
+            :func:`lightning_uda.losses.upsample_logits`).
 
     Returns:
         level → ``B×K×H×W`` maps (channel sums are normalised entropies in ``[0, 1]``).
     """
     return {
-        level: entropy_map(torch.softmax(upsample_logits(z, size), dim=1))
+        level: entropy_map(
+            torch.softmax(upsample_logits(z, size, align_corners=align_corners), dim=1)
+        )
         for level, z in logits.items()
     }

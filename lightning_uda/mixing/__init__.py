@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-from lightning_uda.mixing.augment import AugmentParams, StrongAugment, blur_kernel_size
-from lightning_uda.mixing.classmix import class_mix_mask, mix
+from lightning_uda.mixing.augment import (
+    AUGMENT_DECISIONS,
+    JITTER_SEMANTICS,
+    AugmentParams,
+    StrongAugment,
+    blur_kernel_size,
+)
+from lightning_uda.mixing.classmix import MIX_MODES, class_mix_mask, mix
 
-__all__ = ["AugmentParams", "StrongAugment", "blur_kernel_size", "class_mix_mask", "mix"]
+__all__ = [
+    "AUGMENT_DECISIONS",
+    "JITTER_SEMANTICS",
+    "MIX_MODES",
+    "AugmentParams",
+    "StrongAugment",
+    "blur_kernel_size",
+    "class_mix_mask",
+    "mix",
+]

@@ -21,6 +21,14 @@ def test_denormalize_inverts_imagenet_normalisation():
     assert out[0, 0, 0].tolist() == [0, 128, 255]
 
 
+def test_denormalize_undoes_the_caffe_space():
+    # hand-made: pixel (R, G, B) = (10, 128, 250) is stored as BGR minus the Caffe mean
+    caffe_mean_bgr = (104.00698793, 116.66876762, 122.67891434)
+    bgr = torch.tensor([250.0, 128.0, 10.0]) - torch.tensor(caffe_mean_bgr)
+    out = denormalize(bgr.view(1, 3, 1, 1), "caffe")
+    assert out[0, 0, 0].tolist() == [10, 128, 250]
+
+
 def test_panels_run_with_a_wandb_logger_and_do_nothing_without(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")  # offline no-op run: nothing is sent
     module = DACSModule(**tiny_module_kwargs())

@@ -102,6 +102,64 @@ def test_per_batch_counts_classes_of_whole_batch() -> None:
         assert len(mask_classes(labels[0], mask[0]) | mask_classes(labels[1], mask[1])) == 3
 
 
+def test_include_ignore_keeps_void_among_candidates() -> None:
+    # Classes {0, 1, 255}: DACS counts n = 3, so ceil → 2 chosen, and 255 can be one of them.
+    labels = torch.tensor([[0, 0, 1, 1, 255, 255]]).expand(4, 6).clone().unsqueeze(0)
+    chose_void = chose_no_void = False
+    for seed in range(30):
+        generator = torch.Generator().manual_seed(seed)
+        mask = class_mix_mask(labels, include_ignore=True, generator=generator)
+        chosen = mask_classes(labels[0], mask[0])
+        assert len(chosen) == 2
+        if 255 in chosen:
+            assert mask[labels == 255].all()  # void pixels are pasted
+            chose_void = True
+        else:
+            chose_no_void = True
+        floor = class_mix_mask(labels, rounding="floor", include_ignore=True, generator=generator)
+        assert len(mask_classes(labels[0], floor[0])) == 1  # floor(3/2)
+        # Default: 255 is no candidate, n = 2 → ceil 1.
+        default = class_mix_mask(labels, generator=generator)
+        assert mask_classes(labels[0], default[0]) in ({0}, {1})
+    assert chose_void and chose_no_void
+
+
+def test_batch_union_draws_per_image_among_the_batch_classes() -> None:
+    # Images 0 and 2 hold all 7 classes of the batch, image 1 only {0, 1, 2}.
+    all_classes = labels_with_classes(list(range(7)))
+    labels = torch.stack([all_classes, labels_with_classes([0, 1, 2] * 2 + [0]), all_classes])
+    image1_counts, draws_differ = set(), False
+    for seed in range(60):
+        generator = torch.Generator().manual_seed(seed)
+        mask = class_mix_mask(labels, mode="batch_union", generator=generator)
+        chosen = [mask_classes(labels[i], mask[i]) for i in range(3)]
+        # Images 0 and 2 show their whole draw: ceil(|union| / 2) = ceil(7 / 2) = 4 classes.
+        assert len(chosen[0]) == 4 and len(chosen[2]) == 4
+        assert 255 not in chosen[0] | chosen[1] | chosen[2]
+        image1_counts.add(len(chosen[1]))
+        draws_differ |= chosen[0] != chosen[2]
+        # per_image: image 1 draws among its own 3 classes, always 2 of them.
+        per_image = class_mix_mask(labels, mode="per_image", generator=generator)
+        assert len(mask_classes(labels[1], per_image[1])) == 2
+    assert draws_differ
+    # Image 1 got 4 of the 7 batch classes, of which 0 to 3 are its own: not always 2.
+    assert image1_counts - {2} and image1_counts <= {0, 1, 2, 3}
+
+
+def test_batch_union_with_void_counts_it_in_the_union() -> None:
+    # Union {0, 1, 2, 255}: include_ignore → n = 4 → 2 per image; 255 drawn sometimes.
+    labels = torch.stack([labels_with_classes([0, 1, 2]), labels_with_classes([2, 1, 0])])
+    chose_void = False
+    for seed in range(30):
+        generator = torch.Generator().manual_seed(seed)
+        mask = class_mix_mask(labels, mode="batch_union", include_ignore=True, generator=generator)
+        for i in range(2):
+            chosen = mask_classes(labels[i], mask[i])
+            assert len(chosen) == 2
+            chose_void |= 255 in chosen
+    assert chose_void
+
+
 def test_generator_reproducibility_and_randomness() -> None:
     labels = torch.randint(0, 10, (2, 8, 8), generator=torch.Generator().manual_seed(1))
     masks = [
@@ -155,7 +213,7 @@ def test_mix_soft_mask_and_errors() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_labels_with_cpu_generator() -> None:
     labels = torch.randint(0, 6, (2, 8, 8), device="cuda")
-    for mode in ("per_image", "per_batch"):
+    for mode in ("per_image", "batch_union", "per_batch"):
         mask = class_mix_mask(labels, mode=mode, generator=torch.Generator().manual_seed(0))
         assert mask.device.type == "cuda"
         cpu = class_mix_mask(labels.cpu(), mode=mode, generator=torch.Generator().manual_seed(0))
