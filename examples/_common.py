@@ -101,8 +101,8 @@ _SELF_TRAINING = {
 _COMMON_DIFFERENCES = (
     "Evaluation: the 'full' protocol by default (image at 1024×512, logits upsampled to the "
     "2048×1024 labels); '--eval-protocol dacs' evaluates as DACS' evaluateUDA.py.",
-    "Resizing uses OpenCV (area when downscaling, bilinear otherwise) instead of PIL's bicubic/"
-    "bilinear resize; labels nearest in both.",
+    "Images are resized with OpenCV (area when downscaling, bilinear otherwise); the references "
+    "use PIL's bicubic resize. Labels are resized nearest in both.",
 )
 
 RECIPES: dict[str, PaperRecipe] = {

@@ -1,7 +1,10 @@
 """Data: datasets (Cityscapes, GTA5, SYNTHIA, your own folders), transforms, ``UDADataModule``.
 
-Items are ``{"image": float 3×H×W (ImageNet-normalised RGB), "mask": long H×W}`` with train ids
-``0..C-1`` and 255 = ignore; see :mod:`lightning_uda.data.datamodule` for training batches.
+Items are ``{"image": float 3×H×W, "mask": long H×W}`` with images in the run's input space
+(``normalization``: ImageNet-normalised RGB by default, or Caffe BGR; see
+:mod:`lightning_uda.normalization`) and train ids ``0..C-1``, 255 = ignore; see
+:mod:`lightning_uda.data.datamodule` for training batches and
+:data:`EVALUATION_PROTOCOLS` for how validation labels are sized.
 """
 
 from lightning_uda.data.datamodule import DomainSampler, UDADataModule
@@ -27,7 +30,9 @@ from lightning_uda.data.labels import (
     colorize,
 )
 from lightning_uda.data.transforms import (
+    EVALUATION_PROTOCOLS,
     PRESETS,
+    RGBToBGR,
     normalize_transform,
     preset,
     train_transform,
@@ -39,8 +44,10 @@ __all__ = [
     "CITYSCAPES_ID_TO_TRAIN_ID",
     "CITYSCAPES_LABELS",
     "CITYSCAPES_PALETTE",
+    "EVALUATION_PROTOCOLS",
     "GTA5",
     "PRESETS",
+    "RGBToBGR",
     "SYNTHIA",
     "SYNTHIA_13_CLASSES",
     "SYNTHIA_16_CLASSES",

@@ -31,6 +31,18 @@ default ``use_distributed_sampler=True``.
 (``dataset.transform``) gets a random state seeded from ``(seed, domain, rank, world size, p)``,
 so crops and flips are also reproducible, independent of ``num_workers``, and identical after a
 resume. Worker processes additionally seed ``random``/``numpy`` from their torch seed.
+
+**Input space.** All datasets must normalise images the same way (``dataset.normalization``,
+see :mod:`lightning_uda.normalization`); :attr:`UDADataModule.normalization` is that common space,
+which the methods check against their own at the start of ``fit``.
+
+**Evaluation batches** ``{"image": float B×3×h×w, "mask": long B×H×W}``: with the default
+``"full"`` evaluation protocol (``preset("cityscapes_val")``) the masks keep their original
+resolution (2048×1024 for Cityscapes) while the images are resized, and the module upsamples its
+``K×h×w`` logits to every mask: about ``K·H·W·4`` bytes per image (19 classes at 2048×1024:
+160 MB), so ``val_batch_size`` (default 1, as AdvEnt and DACS evaluate) bounds that memory.
+Items only stack into a batch if their masks have one size (all Cityscapes frames do); a batch
+that mixes sizes raises an error naming them.
 """
 
 from __future__ import annotations
@@ -46,10 +58,18 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import CombinedLoader, rank_zero_warn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import (
+    ConcatDataset,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    Subset,
+    default_collate,
+)
 
 from lightning_uda.constants import IGNORE_INDEX
 from lightning_uda.data.labels import CITYSCAPES_PALETTE
+from lightning_uda.normalization import IMAGENET, InputNormalization, get_normalization
 
 __all__ = ["DomainSampler", "UDADataModule"]
 
@@ -221,6 +241,40 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
+def _collate_eval(items: list[Mapping[str, Any]]) -> Any:
+    """``default_collate``, with a clear error when images or masks differ in size."""
+    if not all(isinstance(item, Mapping) for item in items):
+        return default_collate(items)
+    for key in ("image", "mask"):
+        sizes = sorted(
+            {tuple(item[key].shape[-2:]) for item in items if hasattr(item.get(key), "shape")}
+        )
+        if len(sizes) > 1:
+            raise ValueError(
+                f"An evaluation batch mixes {key}s of different sizes (H, W) {sizes}, which "
+                "cannot be stacked. Under the 'full' evaluation protocol masks keep their "
+                "original size: use UDADataModule(val_batch_size=1) for datasets of mixed sizes, "
+                "or resize the masks too (val_transform(protocol='dacs'))."
+            )
+    return default_collate(items)
+
+
+def _input_space(dataset: Dataset | None) -> InputNormalization | None:
+    """The space a dataset declares (``normalization``), looking through Subset/ConcatDataset."""
+    space = getattr(dataset, "normalization", None)
+    if space is not None:
+        return get_normalization(space)
+    if isinstance(dataset, Subset):
+        return _input_space(dataset.dataset)
+    if isinstance(dataset, ConcatDataset):
+        spaces = {s for s in map(_input_space, dataset.datasets) if s is not None}
+        if len(spaces) > 1:
+            names = ", ".join(str(s) for s in spaces)
+            raise ValueError(f"UDADataModule: a ConcatDataset mixes input spaces: {names}")
+        return spaces.pop() if spaces else None
+    return None
+
+
 class _StreamLoader(DataLoader):
     """A training loader that resumes itself (see :class:`DomainSampler`).
 
@@ -267,7 +321,10 @@ class UDADataModule(L.LightningDataModule):
             ``"path"`` and ``"orig_size"`` (see ``SegmentationFolder.return_meta``).
         batch_size: source samples per batch and process.
         target_batch_size: target samples per batch and process (default: ``batch_size``).
-        val_batch_size: batch size of val/test/predict loaders.
+        val_batch_size: batch size of val/test/predict loaders (default 1). With full-resolution
+            masks (the ``"full"`` evaluation protocol) each image costs ``K×H×W`` float logits
+            when upsampled (Cityscapes: 19×1024×2048, 160 MB); raise it only if that fits, and
+            only for datasets whose masks all have one size.
         num_workers: loader worker processes (per loader).
         target_monitor_labels: keep the target ``"mask"`` in training batches, for monitoring
             only (pseudo-label accuracy); otherwise it is removed.
@@ -278,7 +335,8 @@ class UDADataModule(L.LightningDataModule):
             ``class_subsets`` if it defines any (SYNTHIA: mIoU16/mIoU13), else the val set's.
 
     Raises:
-        ValueError: datasets whose ``classes`` differ (both lists are shown), an empty
+        ValueError: datasets whose ``classes`` differ (both lists are shown), datasets in
+            different input spaces (each dataset's ``normalization`` is shown), an empty
             dataset, or non-positive batch sizes.
 
     Example:
@@ -328,6 +386,7 @@ class UDADataModule(L.LightningDataModule):
             if dataset is not None and len(dataset) == 0:  # type: ignore[arg-type]
                 raise ValueError(f"UDADataModule: the {name} dataset is empty")
         self._check_classes(named)
+        self._normalization = self._check_normalization(named)
         if target_monitor_labels and getattr(target, "return_mask", True) is False:
             raise ValueError(
                 "target_monitor_labels=True needs target masks, but the target dataset was built "
@@ -366,6 +425,42 @@ class UDADataModule(L.LightningDataModule):
                     f"  val ({len(reference)}): {list(reference)}\n"
                     "Map both to the same train ids (e.g. with label_map) and class list."
                 )
+
+    @staticmethod
+    def _check_normalization(datasets: Mapping[str, Dataset | None]) -> InputNormalization:
+        spaces: dict[str, InputNormalization] = {}
+        for name, dataset in datasets.items():
+            try:
+                space = _input_space(dataset)
+            except ValueError as error:
+                message = f"UDADataModule: the {name} dataset's normalization: {error}"
+                raise ValueError(message) from error
+            if space is not None:
+                spaces[name] = space
+        if len(set(spaces.values())) <= 1:
+            return next(iter(spaces.values()), IMAGENET)
+        lines = "\n".join(
+            f"  {name} ({type(datasets[name]).__name__}): {space}" for name, space in spaces.items()
+        )
+        counts: dict[InputNormalization, int] = {}
+        for space in spaces.values():
+            counts[space] = counts.get(space, 0) + 1
+        majority = max(counts, key=lambda s: counts[s]).name
+        raise ValueError(
+            "UDADataModule: the datasets normalise images into different input spaces:\n"
+            f"{lines}\n"
+            "A run has one input space (the one the segmentor's weights expect): build every "
+            f"dataset with the same normalization, e.g. normalization={majority!r} "
+            f"(Cityscapes(..., normalization={majority!r}), or preset(name, "
+            f"normalization={majority!r}) for a transform passed as an object)."
+        )
+
+    # ------------------------------------------------------------------ input space
+    @property
+    def normalization(self) -> InputNormalization:
+        """The input space of every dataset's images (``dataset.normalization``; all agree, as
+        checked when the datamodule is built); ImageNet if no dataset declares one."""
+        return self._normalization
 
     # ------------------------------------------------------------------ label space
     @property
@@ -471,6 +566,7 @@ class UDADataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            collate_fn=_collate_eval,
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -1,9 +1,11 @@
 """Segmentation datasets: a generic paired folder, Cityscapes, GTA5 and SYNTHIA.
 
-Every dataset returns items ``{"image": float 3×H×W (ImageNet-normalised RGB), "mask": long H×W}``
-with masks in train ids (``0..C-1``, 255 = ignore), converted on load with a lookup table
-(:mod:`lightning_uda.data.labels`). Each exposes ``classes``, ``palette`` (``C×3`` uint8),
-``ignore_index`` (255) and ``class_subsets`` (metric name → evaluated train ids).
+Every dataset returns items ``{"image": float 3×H×W, "mask": long H×W}`` with images in the
+dataset's input space (``normalization``; default ImageNet-normalised RGB, see
+:mod:`lightning_uda.normalization`) and masks in train ids (``0..C-1``, 255 = ignore), converted on
+load with a lookup table (:mod:`lightning_uda.data.labels`). Each exposes ``classes``, ``palette``
+(``C×3`` uint8), ``ignore_index`` (255), ``class_subsets`` (metric name → evaluated train ids) and
+``normalization`` (an :class:`~lightning_uda.normalization.InputNormalization`).
 
 The folder layout is checked when a dataset is built: a missing root, an empty split or images
 without labels raise :class:`DatasetLayoutError` naming the paths and showing the expected tree.
@@ -26,7 +28,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from lightning_uda.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from lightning_uda.constants import IGNORE_INDEX
 from lightning_uda.data.labels import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_ID_TO_TRAIN_ID,
@@ -39,6 +41,7 @@ from lightning_uda.data.labels import (
     lookup_table,
 )
 from lightning_uda.data.transforms import normalize_transform, preset
+from lightning_uda.normalization import InputNormalization, NormalizationLike, get_normalization
 
 __all__ = [
     "GTA5",
@@ -99,24 +102,42 @@ def _default_palette(num_classes: int) -> np.ndarray:
     return (np.array(colors, dtype=np.float64).reshape(-1, 3) * 255).round().astype(np.uint8)
 
 
-def _resolve_transform(transform: TransformLike) -> Callable[..., Mapping[str, Any]]:
+def _resolve_transform(
+    transform: TransformLike, normalization: NormalizationLike | None
+) -> tuple[Callable[..., Mapping[str, Any]], InputNormalization]:
+    """(the transform to call, the input space of its output images)."""
     if transform is None:
-        return normalize_transform()
+        space = get_normalization(normalization)
+        return normalize_transform(space), space
     if isinstance(transform, str):
-        return preset(transform)
+        space = get_normalization(normalization)
+        return preset(transform, normalization=space), space
     if not callable(transform):
         raise TypeError(f"transform must be callable, a preset name or None, got {transform!r}")
-    return transform
+    # Pipelines of lightning_uda.data.transforms record their space; others are taken at their
+    # word (`normalization`, default ImageNet).
+    declared = getattr(transform, "normalization", None)
+    if not isinstance(declared, InputNormalization):  # e.g. A.Normalize's own `normalization`
+        declared = None
+    if normalization is None:
+        return transform, declared or get_normalization(None)
+    space = get_normalization(normalization)
+    if declared is not None and declared != space:
+        raise ValueError(
+            f"The transform normalises images into the {declared.name!r} input space "
+            f"({declared}) but normalization={space.name!r} was passed; build the transform with "
+            f"normalization={space.name!r} (e.g. preset(name, normalization={space.name!r})) or "
+            "leave the dataset's normalization unset to take the transform's."
+        )
+    return transform, space
 
 
-def _image_to_tensor(image: Any) -> torch.Tensor:
+def _image_to_tensor(image: Any, normalization: InputNormalization) -> torch.Tensor:
     if isinstance(image, torch.Tensor):
         return image.float()
     image = np.asarray(image)
     if image.dtype == np.uint8:  # transform did not normalise: do it here
-        mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
-        std = np.asarray(IMAGENET_STD, dtype=np.float32)
-        image = (image.astype(np.float32) / 255.0 - mean) / std
+        image = normalization.normalize_uint8(image)
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
 
 
@@ -155,9 +176,9 @@ class SegmentationFolder(Dataset):
             map a void value to 255 explicitly, e.g. ``{0: 255}``), or a 256-entry array (a lookup
             table; every value accepted).
         transform: ``transform(image=H×W×3 uint8, mask=H×W uint8) -> {"image", "mask"}``
-            (albumentations style, see :mod:`lightning_uda.data.transforms`), or a preset name.
-            ``None``: only normalisation. A transform that leaves the image uint8 is normalised
-            afterwards.
+            (albumentations style, see :mod:`lightning_uda.data.transforms`), or a preset name
+            (built with ``normalization``). ``None``: only normalisation. A transform that leaves
+            the image uint8 is normalised afterwards (into ``normalization``).
         classes: class names, indexed by train id (default: the 19 Cityscapes classes).
         palette: ``C × 3`` RGB colours (default: Cityscapes' for its classes, else generated).
         class_subsets: metric name → train ids evaluated (default ``{"mIoU": all}``).
@@ -174,10 +195,21 @@ class SegmentationFolder(Dataset):
             the unknown values); ``False`` maps unknown values to 255 silently.
         resize_mismatched_masks: if a mask's size differs from its image's, resize it (nearest)
             instead of raising an error.
+        normalization: the input space of the images (``"imagenet"``, ``"caffe"`` or an
+            :class:`~lightning_uda.normalization.InputNormalization`), used when ``transform``
+            is ``None`` or a preset name; stored as ``self.normalization``. ``None`` (default):
+            the space a pipeline of :mod:`lightning_uda.data.transforms` records
+            (``transform.normalization``), else ``"imagenet"``. A transform recording another
+            space than the one passed is an error.
+
+    Raises:
+        ValueError: ``normalization`` disagrees with the space ``transform`` records, or an
+            unknown normalisation name (and the checks of classes, palette, label map).
+        DatasetLayoutError: see the module docstring.
 
     Shape:
-        - image: ``3 × H × W`` float32, ImageNet-normalised (``H × W`` after the transform).
-        - mask: ``H × W`` int64 train ids, 255 = ignore.
+        - image: ``3 × H × W`` float32 in the input space (``h × w`` after the transform).
+        - mask: ``H × W`` int64 train ids, 255 = ignore (at the size the transform returns).
 
     Example:
         >>> ds = SegmentationFolder("data/img", "data/ann", label_map={0: 255, 1: 0, 2: 1},
@@ -207,6 +239,7 @@ class SegmentationFolder(Dataset):
         return_meta: bool = False,
         check_labels: bool = True,
         resize_mismatched_masks: bool = False,
+        normalization: NormalizationLike | None = None,
     ) -> None:
         self.classes: list[str] = list(CITYSCAPES_CLASSES if classes is None else classes)
         if not self.classes:
@@ -224,7 +257,7 @@ class SegmentationFolder(Dataset):
             if not ids or min(ids) < 0 or max(ids) >= num_classes:
                 raise ValueError(f"class_subsets[{name!r}] = {ids} is not a set of train ids")
         self.ignore_index: int = IGNORE_INDEX
-        self.transform = _resolve_transform(transform)
+        self.transform, self.normalization = _resolve_transform(transform, normalization)
         self.return_mask = return_mask
         self.return_meta = return_meta
         self.check_labels = check_labels
@@ -390,10 +423,13 @@ class SegmentationFolder(Dataset):
                     mask, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST
                 )
             out = self.transform(image=image, mask=mask)
-            item = {"image": _image_to_tensor(out["image"]), "mask": _mask_to_tensor(out["mask"])}
+            item = {
+                "image": _image_to_tensor(out["image"], self.normalization),
+                "mask": _mask_to_tensor(out["mask"]),
+            }
         else:
             out = self.transform(image=image)
-            item = {"image": _image_to_tensor(out["image"])}
+            item = {"image": _image_to_tensor(out["image"], self.normalization)}
         if self.return_meta:
             item["path"] = str(image_path)
             item["orig_size"] = torch.tensor(orig_size, dtype=torch.long)
@@ -407,7 +443,10 @@ class SegmentationFolder(Dataset):
 
     def __repr__(self) -> str:
         labels = "with masks" if self.return_mask else "images only"
-        return f"{type(self).__name__}({len(self)} samples, {labels}, {self.num_classes} classes)"
+        return (
+            f"{type(self).__name__}({len(self)} samples, {labels}, {self.num_classes} classes, "
+            f"{self.normalization.name})"
+        )
 
 
 class Cityscapes(SegmentationFolder):
@@ -434,8 +473,11 @@ class Cityscapes(SegmentationFolder):
         root: dataset root (see the tree).
         split: ``"train"``, ``"val"``, ``"test"`` (any folder under ``leftImg8bit/``).
         transform: see :class:`SegmentationFolder` (e.g. ``"cityscapes_train"``,
-            ``"cityscapes_val"``).
+            ``"cityscapes_val"``: images fed at 1024×512, labels kept at 2048×1024, the
+            ``"full"`` evaluation protocol of :mod:`lightning_uda.data.transforms`).
         return_mask: ``False`` for unlabelled target training (``gtFine`` is then not needed).
+        normalization: input space of the images (see :class:`SegmentationFolder`), e.g.
+            ``"caffe"`` for the Caffe DeepLab-v2 weights.
         **kwargs: ``return_meta``, ``check_labels``, ``resize_mismatched_masks``
             (see :class:`SegmentationFolder`).
 
@@ -456,6 +498,7 @@ class Cityscapes(SegmentationFolder):
         split: str = "train",
         transform: TransformLike = None,
         return_mask: bool = True,
+        normalization: NormalizationLike | None = None,
         **kwargs: Any,
     ) -> None:
         self.root = Path(root)
@@ -480,6 +523,7 @@ class Cityscapes(SegmentationFolder):
             image_extensions=(".png",),
             recursive=True,
             return_mask=return_mask,
+            normalization=normalization,
             **kwargs,
         )
         self.known_values = CITYSCAPES_KNOWN_IDS
@@ -503,6 +547,7 @@ class GTA5(SegmentationFolder):
         resize_mismatched_masks: a few GTA5 labels are not the size of their image; they are
             resized (nearest) to it by default, as the reference code effectively does by
             resizing image and label separately.
+        normalization: input space of the images (see :class:`SegmentationFolder`).
         **kwargs: ``return_meta``, ``check_labels`` (see :class:`SegmentationFolder`).
     """
 
@@ -515,6 +560,7 @@ class GTA5(SegmentationFolder):
         split_file: PathLike | None = None,
         return_mask: bool = True,
         resize_mismatched_masks: bool = True,
+        normalization: NormalizationLike | None = None,
         **kwargs: Any,
     ) -> None:
         self.root = Path(root)
@@ -529,6 +575,7 @@ class GTA5(SegmentationFolder):
             image_extensions=(".png",),
             return_mask=return_mask,
             resize_mismatched_masks=resize_mismatched_masks,
+            normalization=normalization,
             **kwargs,
         )
         self.known_values = CITYSCAPES_KNOWN_IDS
@@ -555,6 +602,7 @@ class SYNTHIA(SegmentationFolder):
         root: dataset root (see the tree).
         transform: see :class:`SegmentationFolder` (e.g. ``"synthia_train"``).
         return_mask: ``False`` to load images only.
+        normalization: input space of the images (see :class:`SegmentationFolder`).
         **kwargs: ``return_meta``, ``check_labels``, ``resize_mismatched_masks``.
     """
 
@@ -565,6 +613,7 @@ class SYNTHIA(SegmentationFolder):
         root: PathLike,
         transform: TransformLike = None,
         return_mask: bool = True,
+        normalization: NormalizationLike | None = None,
         **kwargs: Any,
     ) -> None:
         self.root = Path(root)
@@ -579,6 +628,7 @@ class SYNTHIA(SegmentationFolder):
             class_subsets={"mIoU16": SYNTHIA_16_CLASSES, "mIoU13": SYNTHIA_13_CLASSES},
             image_extensions=(".png",),
             return_mask=return_mask,
+            normalization=normalization,
             **kwargs,
         )
         self.known_values = SYNTHIA_KNOWN_IDS

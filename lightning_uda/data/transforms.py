@@ -6,25 +6,46 @@ Conventions:
   sizes as width × height: "GTA5 resized to 1280×720" is ``resize=(720, 1280)`` here.
 - A pipeline is called as ``transform(image=rgb, mask=train_ids)`` with ``rgb``: ``H × W × 3``
   uint8 RGB and ``train_ids``: ``H × W`` uint8 (already mapped to train ids, 255 = ignore); the
-  mask may be omitted. It returns ``{"image": float 3 × h × w tensor, ImageNet-normalised,
-  "mask": uint8 h × w tensor}``; the datasets turn the mask into ``long``.
+  mask may be omitted. It returns ``{"image": float 3 × h × w tensor in the input space,
+  "mask": uint8 tensor}``; the datasets turn the mask into ``long``.
+- **One input space.** The last steps normalise the image into the run's input space
+  (:mod:`lightning_uda.normalization`): ``normalization="imagenet"`` (default; RGB, [0, 1], ImageNet
+  mean/std) or ``"caffe"`` (**BGR**, [0, 255], minus the Caffe mean pixel, the space of the Caffe
+  DeepLab-v2 weights), or an :class:`~lightning_uda.normalization.InputNormalization`. Every
+  pipeline built here records its space as ``transform.normalization``, which the datasets read.
 - Masks are resized with nearest-neighbour interpolation and padded with 255 (ignore), so train
   ids are never blended and padding never counts as a class. Images are padded with black (0)
   before normalisation.
 
+**Evaluation protocols** (:data:`EVALUATION_PROTOCOLS`, the ``protocol`` of :func:`val_transform`).
+Both feed the network the image resized to 1024×512 (``resize=(512, 1024)``); they differ in the
+labels the score is computed against:
+
+- ``"full"`` (default): the label keeps its original resolution (2048×1024 for Cityscapes) and
+  the module upsamples its logits to it. This is how AdvEnt (``eval_UDA.py``: logits upsampled to
+  ``OUTPUT_SIZE_TARGET = (2048, 1024)``), DAFormer and MIC (mmseg: logits resized to the original
+  shape) evaluate, and what the official Cityscapes evaluation and benchmark server measure.
+- ``"dacs"``: the label is nearest-resized with the image to 1024×512 and the logits are scored
+  at that size, as DACS' ``evaluateUDA.py`` does (its Cityscapes loader resizes the label). Use it
+  to reproduce DACS' numbers; it is not comparable with ``"full"`` (thin structures and object
+  boundaries are scored on a coarser grid).
+
 Presets (:func:`preset`), from DACS (Tranheden et al., WACV 2021, and its code): source and target
 images are resized, then a random 512 × 512 crop is taken; no flip (DACS' loaders have it
-commented out); evaluation at 512 × 1024 with nearest-resized labels.
+commented out); evaluation at 512 × 1024, by default with the ``"full"`` protocol.
 
-=====================  ==============  ============  ======
-name                   resize (h, w)   crop (h, w)   flip
-=====================  ==============  ============  ======
-``gta5_train``         (720, 1280)     (512, 512)    no
-``cityscapes_train``   (512, 1024)     (512, 512)    no
-``synthia_train``      (760, 1280)     (512, 512)    no
-``cityscapes_val``     (512, 1024)     --            no
-``normalize``          --              --            no
-=====================  ==============  ============  ======
+========================  ==============  ============  ======  ===========
+name                      resize (h, w)   crop (h, w)   flip    protocol
+========================  ==============  ============  ======  ===========
+``gta5_train``            (720, 1280)     (512, 512)    no      --
+``cityscapes_train``      (512, 1024)     (512, 512)    no      --
+``synthia_train``         (760, 1280)     (512, 512)    no      --
+``cityscapes_val``        (512, 1024)     --            no      ``full``
+``cityscapes_val_dacs``   (512, 1024)     --            no      ``dacs``
+``normalize``             --              --            no      --
+========================  ==============  ============  ======  ===========
+
+Every preset takes ``normalization=...`` (default ``"imagenet"``).
 
 Example:
     >>> import numpy as np
@@ -32,6 +53,10 @@ Example:
     >>> out = t(image=np.zeros((100, 200, 3), np.uint8), mask=np.zeros((100, 200), np.uint8))
     >>> tuple(out["image"].shape), tuple(out["mask"].shape)
     ((3, 32, 32), (32, 32))
+    >>> v = val_transform(resize=(64, 128))  # protocol "full": the mask keeps its size
+    >>> out = v(image=np.zeros((100, 200, 3), np.uint8), mask=np.zeros((100, 200), np.uint8))
+    >>> tuple(out["image"].shape), tuple(out["mask"].shape)
+    ((3, 64, 128), (100, 200))
 """
 
 from __future__ import annotations
@@ -41,11 +66,64 @@ from typing import Any
 
 import albumentations as A
 import cv2
+import numpy as np
 from albumentations.pytorch import ToTensorV2
 
-from lightning_uda.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from lightning_uda.constants import IGNORE_INDEX
+from lightning_uda.normalization import InputNormalization, NormalizationLike, get_normalization
 
-__all__ = ["PRESETS", "normalize_transform", "preset", "train_transform", "val_transform"]
+__all__ = [
+    "EVALUATION_PROTOCOLS",
+    "PRESETS",
+    "RGBToBGR",
+    "normalize_transform",
+    "preset",
+    "train_transform",
+    "val_transform",
+]
+
+#: Evaluation protocols of :func:`val_transform`: name → one-line description.
+EVALUATION_PROTOCOLS: dict[str, str] = {
+    "full": (
+        "image resized to the eval size, label kept at its original resolution (2048×1024 for "
+        "Cityscapes), logits upsampled to it: AdvEnt, DAFormer, MIC, the official benchmark"
+    ),
+    "dacs": (
+        "image and label (nearest) resized to the eval size, logits scored there: DACS' "
+        "evaluateUDA.py"
+    ),
+}
+
+
+class RGBToBGR(A.ImageOnlyTransform):
+    """Reverse the channel order of the image (RGB → BGR); masks are left alone.
+
+    The step after ``Normalize`` in pipelines for BGR input spaces (``"caffe"``). A module-level
+    class, so pipelines stay picklable for ``DataLoader`` workers.
+    """
+
+    def __init__(self, p: float = 1.0) -> None:
+        super().__init__(p=p)
+
+    def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
+        return np.ascontiguousarray(img[..., ::-1])
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ()
+
+
+class _ResizeImageOnly(A.Resize):
+    """``A.Resize`` whose masks pass through unchanged (the ``"full"`` evaluation protocol).
+
+    Subclassing keeps the image path (interpolation, INTER_AREA when downscaling) identical to the
+    ``"dacs"`` protocol's, so the two protocols feed the network the very same tensor.
+    """
+
+    def apply_to_mask(self, mask: np.ndarray, **params: Any) -> np.ndarray:
+        return mask
+
+    def apply_to_masks(self, masks: np.ndarray, *args: Any, **params: Any) -> np.ndarray:
+        return masks
 
 
 def _size(value: Sequence[int] | None, name: str) -> tuple[int, int] | None:
@@ -56,10 +134,10 @@ def _size(value: Sequence[int] | None, name: str) -> tuple[int, int] | None:
     return int(value[0]), int(value[1])
 
 
-def _resize(size: tuple[int, int]) -> A.Resize:
+def _resize(size: tuple[int, int], masks: bool = True) -> A.Resize:
     # INTER_AREA when downscaling approximates the antialiased PIL resize the papers used;
     # masks always nearest (albumentations' default mask_interpolation).
-    return A.Resize(
+    return (A.Resize if masks else _ResizeImageOnly)(
         height=size[0],
         width=size[1],
         interpolation=cv2.INTER_LINEAR,
@@ -68,8 +146,20 @@ def _resize(size: tuple[int, int]) -> A.Resize:
     )
 
 
-def _finish() -> list[A.BasicTransform]:
-    return [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0), ToTensorV2()]
+def _finish(normalization: InputNormalization) -> list[A.BasicTransform]:
+    # albumentations' Normalize works on RGB in [0, 1] units; BGR spaces swap channels after it.
+    mean, std = normalization.rgb_mean_std_01
+    steps: list[A.BasicTransform] = [A.Normalize(mean=mean, std=std, max_pixel_value=255.0)]
+    if normalization.channel_order == "bgr":
+        steps.append(RGBToBGR())
+    return [*steps, ToTensorV2()]
+
+
+def _compose(steps: list[A.BasicTransform], normalization: NormalizationLike) -> A.Compose:
+    space = get_normalization(normalization)
+    compose = A.Compose(steps + _finish(space))
+    compose.normalization = space  # read by the datasets (their `normalization`)
+    return compose
 
 
 def train_transform(
@@ -77,6 +167,7 @@ def train_transform(
     crop: Sequence[int] | None = (512, 512),
     flip: bool = True,
     extra: Sequence[A.BasicTransform] | None = None,
+    normalization: NormalizationLike = "imagenet",
 ) -> A.Compose:
     """Training pipeline: resize → random crop (padded if needed) → flip → extra → normalise.
 
@@ -87,10 +178,16 @@ def train_transform(
         flip: random horizontal flip with p = 0.5.
         extra: more albumentations transforms, applied after flip and before normalisation
             (on uint8 RGB images).
+        normalization: the input space of the output images (``"imagenet"``, ``"caffe"`` or an
+            :class:`~lightning_uda.normalization.InputNormalization`).
 
     Returns:
         An ``A.Compose``; ``out = t(image=H×W×3 uint8, mask=H×W uint8)`` gives
-        ``out["image"]``: float ``3 × h × w`` (ImageNet-normalised), ``out["mask"]``: ``h × w``.
+        ``out["image"]``: float ``3 × h × w`` (in the input space), ``out["mask"]``: ``h × w``.
+        ``t.normalization`` is the space.
+
+    Raises:
+        ValueError: a malformed size or an unknown normalisation name.
     """
     steps: list[A.BasicTransform] = []
     if (size := _size(resize, "resize")) is not None:
@@ -109,31 +206,58 @@ def train_transform(
     if flip:
         steps.append(A.HorizontalFlip(p=0.5))
     steps.extend(extra or [])
-    return A.Compose(steps + _finish())
+    return _compose(steps, normalization)
 
 
-def val_transform(resize: Sequence[int] | None = (512, 1024)) -> A.Compose:
-    """Evaluation pipeline: resize image (bilinear/area) and mask (nearest) → normalise.
+def val_transform(
+    resize: Sequence[int] | None = (512, 1024),
+    protocol: str = "full",
+    normalization: NormalizationLike = "imagenet",
+) -> A.Compose:
+    """Evaluation pipeline: resize the image (bilinear/area) → normalise; the mask per protocol.
 
     Args:
-        resize: ``(height, width)``; DACS evaluates Cityscapes at ``(512, 1024)`` with labels
-            resized by nearest neighbour. ``None`` keeps the original size.
+        resize: ``(height, width)`` of the network input; AdvEnt, DACS, DAFormer and MIC feed
+            Cityscapes at ``(512, 1024)``. ``None`` keeps the original size.
+        protocol: what happens to the mask (:data:`EVALUATION_PROTOCOLS`): ``"full"`` keeps it
+            at its original resolution (the module upsamples its logits to it: AdvEnt, DAFormer,
+            MIC, the official benchmark); ``"dacs"`` resizes it with the image (nearest), as
+            DACS' ``evaluateUDA.py``. The image is the same under both.
+        normalization: the input space of the output images (see :func:`train_transform`).
 
     Returns:
-        An ``A.Compose``, called like :func:`train_transform`'s.
+        An ``A.Compose``, called like :func:`train_transform`'s: ``out["image"]`` is
+        ``3 × resize``; ``out["mask"]`` is ``H × W`` (``"full"``) or ``resize`` (``"dacs"``).
+        Val items of different original sizes then do not stack into one batch under
+        ``"full"``: evaluate them with batch size 1 (Cityscapes frames all have one size).
+
+    Raises:
+        ValueError: an unknown protocol (the known ones are listed), a malformed size or an
+            unknown normalisation name.
+
+    Example:
+        >>> import numpy as np
+        >>> out = val_transform((64, 128), protocol="dacs")(
+        ...     image=np.zeros((100, 200, 3), np.uint8), mask=np.zeros((100, 200), np.uint8))
+        >>> tuple(out["mask"].shape)
+        (64, 128)
     """
+    if protocol not in EVALUATION_PROTOCOLS:
+        known = "; ".join(f"{k!r}: {v}" for k, v in EVALUATION_PROTOCOLS.items())
+        raise ValueError(f"Unknown evaluation protocol {protocol!r}; choose one of {known}")
     steps: list[A.BasicTransform] = []
     if (size := _size(resize, "resize")) is not None:
-        steps.append(_resize(size))
-    return A.Compose(steps + _finish())
+        steps.append(_resize(size, masks=protocol == "dacs"))
+    return _compose(steps, normalization)
 
 
-def normalize_transform() -> A.Compose:
-    """Only ImageNet normalisation and conversion to tensors (the datasets' default)."""
-    return A.Compose(_finish())
+def normalize_transform(normalization: NormalizationLike = "imagenet") -> A.Compose:
+    """Only normalisation into the input space and conversion to tensors (datasets' default)."""
+    return _compose([], normalization)
 
 
-#: Keyword arguments of each preset (sizes are ``(height, width)``).
+#: Keyword arguments of each preset (sizes are ``(height, width)``); every preset also takes
+#: ``normalization``.
 PRESETS: dict[str, dict[str, Any]] = {
     # DACS: GTA5 images (1914×1052) resized to 1280×720, random 512×512 crops.
     "gta5_train": {"resize": (720, 1280), "crop": (512, 512), "flip": False},
@@ -141,30 +265,39 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cityscapes_train": {"resize": (512, 1024), "crop": (512, 512), "flip": False},
     # SYNTHIA-RAND-CITYSCAPES is natively 1280×760; crops as for GTA5.
     "synthia_train": {"resize": (760, 1280), "crop": (512, 512), "flip": False},
-    # DACS evaluates on Cityscapes val resized to 1024×512 (labels: nearest).
-    "cityscapes_val": {"resize": (512, 1024)},
+    # Cityscapes val fed at 1024×512, scored on the full-resolution labels (AdvEnt, DAFormer,
+    # MIC, the official evaluation).
+    "cityscapes_val": {"resize": (512, 1024), "protocol": "full"},
+    # DACS' evaluation: labels nearest-resized to 1024×512 too.
+    "cityscapes_val_dacs": {"resize": (512, 1024), "protocol": "dacs"},
     "normalize": {},
 }
 
 
-def preset(name: str, **overrides: Any) -> A.Compose:
+def preset(name: str, normalization: NormalizationLike = "imagenet", **overrides: Any) -> A.Compose:
     """A named pipeline from :data:`PRESETS`, optionally with some arguments overridden.
 
     Args:
         name: one of ``gta5_train``, ``cityscapes_train``, ``synthia_train`` (built with
-            :func:`train_transform`), ``cityscapes_val`` (:func:`val_transform`) or ``normalize``.
-        **overrides: arguments for the underlying function, e.g. ``flip=True``.
+            :func:`train_transform`), ``cityscapes_val``, ``cityscapes_val_dacs``
+            (:func:`val_transform`, protocols ``"full"`` and ``"dacs"``) or ``normalize``.
+        normalization: the input space of the output images (see :func:`train_transform`).
+        **overrides: arguments for the underlying function, e.g. ``flip=True`` or
+            ``protocol="dacs"``.
 
     Example:
         >>> t = preset("gta5_train", flip=True)
+        >>> v = preset("cityscapes_val", normalization="caffe")
+        >>> v.normalization.name
+        'caffe'
     """
     if name not in PRESETS:
         raise ValueError(f"Unknown transform preset {name!r}; choose one of {sorted(PRESETS)}")
     kwargs = {**PRESETS[name], **overrides}
     if name == "normalize":
         if kwargs:
-            raise ValueError(f"preset 'normalize' takes no arguments, got {sorted(kwargs)}")
-        return normalize_transform()
-    if name.endswith("_val"):
-        return val_transform(**kwargs)
-    return train_transform(**kwargs)
+            raise ValueError(f"preset 'normalize' takes only `normalization`, got {sorted(kwargs)}")
+        return normalize_transform(normalization)
+    if "protocol" in PRESETS[name]:
+        return val_transform(**kwargs, normalization=normalization)
+    return train_transform(**kwargs, normalization=normalization)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from lightning_uda.models.deeplabv2 import DeepLabV2
 from lightning_uda.models.discriminator import Discriminator
 from lightning_uda.models.segmentor import (
+    CheckpointReport,
     TinyUNet,
     build_segmentor,
     load_checkpoint,
@@ -12,6 +13,7 @@ from lightning_uda.models.segmentor import (
 )
 
 __all__ = [
+    "CheckpointReport",
     "DeepLabV2",
     "Discriminator",
     "TinyUNet",

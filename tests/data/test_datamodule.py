@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import albumentations as A
@@ -16,8 +17,10 @@ from torch.utils.data import Dataset
 
 from lightning_uda.data.datamodule import DomainSampler, UDADataModule
 from lightning_uda.data.labels import CITYSCAPES_CLASSES
+from lightning_uda.normalization import CAFFE, IMAGENET
 
 CLASSES = ["a", "b", "c"]
+FRAME = "frankfurt_000000_000294"
 
 
 class TinyDataset(Dataset):
@@ -308,3 +311,69 @@ def test_ddp_ranks_see_disjoint_shards(tmp_path: Path):
     assert len(seen[0]) == len(seen[1]) == 4
     assert not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == list(range(8))
+
+
+# ---------------------------------------------------------------------------------- input space
+def _in_space(dataset: TinyDataset, space) -> TinyDataset:
+    dataset.normalization = space
+    return dataset
+
+
+def test_normalization_is_the_common_space_of_the_datasets():
+    assert _dm().normalization == IMAGENET  # no dataset says: the library's default
+    caffe = _dm(source=_in_space(TinyDataset(5), CAFFE), val=_in_space(TinyDataset(2), "caffe"))
+    assert caffe.normalization == CAFFE
+    subset = torch.utils.data.Subset(_in_space(TinyDataset(5), CAFFE), [0, 1, 2])
+    assert _dm(source=subset, val=_in_space(TinyDataset(2), CAFFE)).normalization == CAFFE
+    with pytest.raises(AttributeError):
+        caffe.normalization = IMAGENET  # read-only
+
+
+def test_mismatched_normalization_names_every_dataset_and_the_fix():
+    with pytest.raises(ValueError) as error:
+        _dm(
+            source=_in_space(TinyDataset(5), CAFFE),
+            target=_in_space(TinyDataset(3), CAFFE),
+            val=_in_space(TinyDataset(2), IMAGENET),
+        )
+    message = str(error.value)
+    assert "different input spaces" in message
+    assert "source (TinyDataset): caffe (BGR" in message
+    assert "target (TinyDataset): caffe (BGR" in message
+    assert "val (TinyDataset): imagenet (RGB" in message
+    assert "normalization='caffe'" in message  # the fix, with the majority's space
+    with pytest.raises(ValueError, match=r"the target dataset's normalization.*'cafe'"):
+        _dm(target=_in_space(TinyDataset(3), "cafe"))
+
+
+class MixedSizes(TinyDataset):
+    """Item ``i`` is ``(6 + 2i) × (6 + 2i)``, like a folder of images of different sizes."""
+
+    def __getitem__(self, i: int) -> dict:
+        grid = np.zeros((6 + 2 * i, 6 + 2 * i), dtype=np.float32)
+        out = self.transform(
+            image=np.repeat(grid[..., None], 3, axis=2), mask=grid.astype(np.uint8)
+        )
+        return {"image": out["image"].float(), "mask": out["mask"].long()}
+
+
+def test_full_resolution_val_masks_collate_and_mixed_sizes_are_explained(
+    fixtures_root: Path, tmp_path: Path
+):
+    from lightning_uda.data.datasets import Cityscapes
+
+    root = tmp_path / "cityscapes"
+    shutil.copytree(fixtures_root / "cityscapes_mini", root)
+    for folder, suffix in (("leftImg8bit", "leftImg8bit"), ("gtFine", "gtFine_labelIds")):
+        city = root / folder / "val" / "frankfurt"
+        shutil.copy(city / f"{FRAME}_{suffix}.png", city / f"frankfurt_000000_000295_{suffix}.png")
+    val = Cityscapes(root, split="val", transform="cityscapes_val")
+    dm = _dm(source=val, target=val, val=val, val_batch_size=2)
+    assert dm.normalization == IMAGENET
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["image"].shape == (2, 3, 512, 1024)  # the network input
+    assert batch["mask"].shape == (2, 128, 256) and batch["mask"].dtype == torch.int64
+    mixed = _dm(val=MixedSizes(2), val_batch_size=2)
+    with pytest.raises(ValueError, match=r"different sizes.*\(6, 6\), \(8, 8\).*val_batch_size=1"):
+        next(iter(mixed.val_dataloader()))
+    assert len(list(_dm(val=MixedSizes(2), val_batch_size=1).val_dataloader())) == 2

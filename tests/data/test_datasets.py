@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import albumentations as A
 import cv2
 import numpy as np
 import pytest
@@ -21,7 +22,8 @@ from lightning_uda.data.datasets import (
     UnknownLabelError,
 )
 from lightning_uda.data.labels import CITYSCAPES_CLASSES, SYNTHIA_13_CLASSES, SYNTHIA_16_CLASSES
-from lightning_uda.data.transforms import train_transform
+from lightning_uda.data.transforms import preset, train_transform
+from lightning_uda.normalization import CAFFE, IMAGENET
 
 FRAME = "frankfurt_000000_000294"
 # Independent of labels.py: the valid-id dict of the reference loaders (DACS/AdvEnt).
@@ -35,6 +37,8 @@ SYNTHIA_TO_TRAIN = {3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 
 SYNTHIA_OCCURRING_IDS = [i for i in range(23) if i not in (16, 18, 20)]
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+# The Caffe DeepLab-v2 mean pixel as the reference code writes it (B, G, R; 0-255).
+CAFFE_MEAN_BGR = np.array([104.00698793, 116.66876762, 122.67891434], dtype=np.float64)
 
 
 def _map(raw: np.ndarray, table: dict[int, int]) -> np.ndarray:
@@ -90,13 +94,20 @@ def test_cityscapes_unlabelled_needs_no_gtfine(city_root: Path):
         Cityscapes(city_root, split="val")
 
 
-def test_meta_and_preset_transform(city_root: Path):
+def test_meta_and_preset_transform(city_root: Path, mini: Path):
     ds = Cityscapes(city_root, split="val", transform="cityscapes_val", return_meta=True)
     item = ds[0]
-    assert item["image"].shape == (3, 512, 1024) and item["mask"].shape == (512, 1024)
+    # The "full" protocol: the network input is 1024×512, the label keeps its own resolution.
+    assert item["image"].shape == (3, 512, 1024) and item["mask"].shape == (128, 256)
+    assert (item["mask"].numpy() == _map(_label_ids(mini), ID_TO_TRAIN)).all()
     assert item["path"].endswith(f"{FRAME}_leftImg8bit.png")
     assert item["orig_size"].tolist() == [128, 256]
     assert "path" in Cityscapes(city_root, split="val").with_meta()[0]
+    dacs = Cityscapes(city_root, split="val", transform="cityscapes_val_dacs")[0]
+    assert dacs["image"].shape == (3, 512, 1024) and dacs["mask"].shape == (512, 1024)
+    assert torch.equal(dacs["image"], item["image"])
+    # Nearest upscaling by exactly 4: every label pixel becomes a 4×4 block.
+    assert torch.equal(dacs["mask"][::4, ::4], item["mask"])
 
 
 def test_cityscapes_missing_root_shows_tree(tmp_path: Path):
@@ -292,3 +303,51 @@ def test_folder_errors(tmp_path: Path, mini: Path):
         SegmentationFolder(tmp_path / "none", labels)
     with pytest.raises(ValueError, match="not train ids"):
         SegmentationFolder(images, labels, label_map={0: 5}, classes=["x", "y"])
+
+
+# ---------------------------------------------------------------------------------- input spaces
+def _caffe_reference(mini: Path) -> np.ndarray:
+    """The fixture frame as Caffe DeepLab-v2 inputs: BGR, 0-255, minus the mean pixel (C×H×W)."""
+    bgr = _rgb(mini)[..., ::-1].astype(np.float64)
+    return (bgr - CAFFE_MEAN_BGR).transpose(2, 0, 1)
+
+
+def test_caffe_dataset_yields_bgr_mean_subtracted_pixels(city_root: Path, mini: Path):
+    ds = Cityscapes(city_root, split="val", normalization="caffe")
+    assert ds.normalization == CAFFE
+    image = ds[0]["image"]
+    assert image.dtype == torch.float32 and image.shape == (3, 128, 256)
+    assert np.abs(image.numpy() - _caffe_reference(mini)).max() < 1e-3
+    assert image.min() >= -CAFFE_MEAN_BGR.max() - 1e-3 and image.max() <= 255 - CAFFE_MEAN_BGR.min()
+    # A preset name is built in the dataset's space; so is the uint8 fallback.
+    val = Cityscapes(city_root, split="val", transform="cityscapes_val", normalization="caffe")
+    assert val.normalization == CAFFE and val.transform.normalization == CAFFE
+    uint8 = Cityscapes(city_root, split="val", transform=_identity, normalization="caffe")
+    assert np.abs(uint8[0]["image"].numpy() - _caffe_reference(mini)).max() < 1e-3
+
+
+def _identity(image: np.ndarray, mask: np.ndarray | None = None) -> dict:
+    return {"image": image, "mask": mask}
+
+
+def test_dataset_space_default_and_from_transform(city_root: Path, mini: Path, tmp_path: Path):
+    assert Cityscapes(city_root, split="val").normalization == IMAGENET
+    assert Cityscapes(city_root, split="val", transform=_identity).normalization == IMAGENET
+    # A.Normalize has a `normalization` attribute of its own ("standard"): not an input space.
+    plain = Cityscapes(city_root, split="val", transform=A.Normalize())
+    assert plain.normalization == IMAGENET and plain[0]["image"].shape == (3, 128, 256)
+    # A pipeline of lightning_uda.data.transforms says which space it normalises into.
+    caffe_val = preset("cityscapes_val", normalization="caffe")
+    ds = Cityscapes(city_root, split="val", transform=caffe_val)
+    assert ds.normalization == CAFFE and ds.with_meta().normalization == CAFFE
+    assert "caffe" in repr(ds)
+    with pytest.raises(ValueError, match=r"'caffe' input space.*normalization='imagenet'"):
+        Cityscapes(city_root, split="val", transform=caffe_val, normalization="imagenet")
+    with pytest.raises(ValueError, match="unknown input normalisation"):
+        Cityscapes(city_root, split="val", normalization="rgb")
+    gta = GTA5(_gta_tree(tmp_path / "gta5", mini, ["00001.png"]), normalization="caffe")
+    assert gta.normalization == CAFFE
+    assert np.abs(gta[0]["image"].numpy() - _caffe_reference(mini)).max() < 1e-3
+    raw = np.full((128, 256), 3, dtype=np.uint16)
+    synthia = SYNTHIA(_synthia_tree(tmp_path / "synthia", mini, raw), normalization=CAFFE)
+    assert synthia.normalization == CAFFE

@@ -138,3 +138,89 @@ def test_errors() -> None:
         DeepLabV2(num_classes=3, encoder="resnet18", dilations=())
     with pytest.raises(ValueError, match="num_classes"):
         DeepLabV2(num_classes=0, encoder="resnet18")
+
+
+# --- style="caffe": the Caffe DeepLab-v2 ResNet layout ---------------------------------------
+
+
+def test_caffe_style_65x65_logits_at_512() -> None:
+    # The Caffe layout's ceil-mode max-pool keeps one more row and column: 512 -> 256 -> 129
+    # (torchvision: 128) -> 65 (torchvision: 64).
+    caffe = DeepLabV2(num_classes=3, encoder="resnet18", style="caffe").eval()
+    torchvision_layout = DeepLabV2(num_classes=3, encoder="resnet18").eval()
+    x = torch.zeros(1, 3, 512, 512)
+    with torch.no_grad():
+        assert caffe(x).shape == (1, 3, 65, 65)
+        for model, size in ((caffe, 129), (torchvision_layout, 128)):  # stem only: cheap
+            encoder = model.encoder
+            stem = encoder.maxpool(encoder.relu(encoder.bn1(encoder.conv1(x))))
+            assert stem.shape[-2:] == (size, size)
+
+
+def test_caffe_style_bottleneck_output_size() -> None:
+    # conv1 ⌈H/2⌉, max-pool ⌈(h - 1)/2⌉ + 1 (Caffe, ceil) or ⌊(h - 1)/2⌋ + 1, layer2 ⌈h/2⌉.
+    models = {
+        style: DeepLabV2(num_classes=2, encoder="resnet50", style=style).eval()
+        for style in ("caffe", "torchvision")
+    }
+    cases = [((64, 64), (9, 9), (8, 8)), ((48, 40), (7, 6), (6, 5)), ((33, 41), (5, 6), (5, 6))]
+    with torch.no_grad():
+        for size, caffe, torchvision_layout in cases:
+            x = torch.zeros(1, 3, *size)
+            assert models["caffe"](x).shape[-2:] == caffe, size
+            assert models["torchvision"](x).shape[-2:] == torchvision_layout, size
+
+
+@pytest.mark.parametrize("encoder", ["resnet50", "resnet101"])
+def test_caffe_style_stride_on_first_1x1_conv(encoder: str) -> None:
+    caffe = DeepLabV2(num_classes=3, encoder=encoder, style="caffe").encoder
+    torchvision_layout = DeepLabV2(num_classes=3, encoder=encoder).encoder
+    block, tv_block = caffe.layer2[0], torchvision_layout.layer2[0]
+    assert block.conv1.kernel_size == (1, 1) and block.conv1.stride == (2, 2)
+    assert block.conv2.kernel_size == (3, 3) and block.conv2.stride == (1, 1)
+    assert block.downsample[0].stride == (2, 2)  # the projection keeps its stride
+    assert tv_block.conv1.stride == (1, 1) and tv_block.conv2.stride == (2, 2)
+    assert tv_block.downsample[0].stride == (2, 2)
+    strided = {
+        name for name, m in caffe.named_modules() if isinstance(m, nn.Conv2d) and m.stride != (1, 1)
+    }
+    assert strided == {"conv1", "layer2.0.conv1", "layer2.0.downsample.0"}
+    assert caffe.maxpool.ceil_mode is True
+    assert (caffe.maxpool.kernel_size, caffe.maxpool.stride, caffe.maxpool.padding) == (3, 2, 1)
+    assert torchvision_layout.maxpool.ceil_mode is False
+    for module in caffe.modules():  # BatchNorm affine frozen, as in the references
+        if isinstance(module, nn.BatchNorm2d):
+            assert not any(p.requires_grad for p in module.parameters())
+    # same parameter names and shapes: the layouts differ in strides only
+    caffe_shapes = {k: v.shape for k, v in caffe.state_dict().items()}
+    assert caffe_shapes == {k: v.shape for k, v in torchvision_layout.state_dict().items()}
+
+
+def test_caffe_style_basic_block_keeps_its_stride_on_conv1() -> None:
+    encoder = DeepLabV2(num_classes=3, encoder="resnet18", style="caffe").encoder
+    assert encoder.layer2[0].conv1.stride == (2, 2)  # BasicBlock: 3×3 conv1, as in torchvision
+    assert encoder.layer2[0].conv2.stride == (1, 1)
+    assert encoder.maxpool.ceil_mode is True
+
+
+def test_style_attributes_and_input_normalization() -> None:
+    caffe = DeepLabV2(num_classes=3, encoder="resnet18", style="caffe")
+    default = DeepLabV2(num_classes=3, encoder="resnet18")
+    assert (caffe.style, caffe.encoder.style, caffe.input_normalization) == (
+        "caffe",
+        "caffe",
+        "caffe",
+    )
+    assert (default.style, default.input_normalization) == ("torchvision", "imagenet")
+
+
+def test_caffe_style_refuses_torchvision_imagenet_weights(monkeypatch) -> None:
+    def no_download(*args, **kwargs):
+        raise AssertionError("the weights must not be resolved")
+
+    monkeypatch.setattr("lightning_uda.models.deeplabv2._torchvision_weights", no_download)
+    with pytest.raises(ValueError, match="torchvision layout") as info:
+        DeepLabV2(num_classes=3, encoder="resnet18", encoder_weights="imagenet", style="caffe")
+    assert "checkpoint=PATH" in str(info.value)
+    with pytest.raises(ValueError, match="style must be one of"):
+        DeepLabV2(num_classes=3, encoder="resnet18", style="pytorch")

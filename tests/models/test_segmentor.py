@@ -19,6 +19,7 @@ from lightning_uda.models import (
     load_checkpoint,
     parameter_groups,
 )
+from lightning_uda.normalization import get_normalization
 
 
 def _trained_tiny_unet(seed: int, num_classes: int = 4) -> TinyUNet:
@@ -100,6 +101,41 @@ def test_build_deeplabv2_defaults_to_resnet101_dacs_head() -> None:
     assert model.encoder.name == "resnet101"
     assert model.classifier.dilations == (6, 12)
     assert model.multi_level is False
+    assert model.style == "torchvision"
+
+
+def test_build_deeplabv2_caffe_style() -> None:
+    model = build_segmentor("deeplabv2", num_classes=5, encoder="resnet18", style="caffe")
+    assert model.style == model.encoder.style == "caffe"
+    assert model.encoder.maxpool.ceil_mode is True
+    with pytest.raises(ValueError, match="style='caffe'.*checkpoint=PATH"):
+        build_segmentor(
+            "deeplabv2",
+            num_classes=5,
+            encoder="resnet18",
+            encoder_weights="imagenet",
+            style="caffe",
+        )
+    with pytest.raises(TypeError, match="style"):  # not an smp option
+        build_segmentor("unet", num_classes=5, encoder="resnet18", style="caffe")
+
+
+@pytest.mark.parametrize(
+    ("arch", "kwargs", "expected"),
+    [
+        ("tiny_unet", {}, "imagenet"),
+        ("deeplabv2", {"encoder": "resnet18"}, "imagenet"),
+        ("deeplabv2", {"encoder": "resnet18", "style": "torchvision"}, "imagenet"),
+        ("deeplabv2", {"encoder": "resnet18", "style": "caffe"}, "caffe"),
+        ("unet", {"encoder": "resnet18"}, "imagenet"),
+        ("fpn", {"encoder": "resnet18"}, "imagenet"),
+    ],
+)
+def test_input_normalization_attribute(arch: str, kwargs: dict[str, Any], expected: str) -> None:
+    model = build_segmentor(arch, num_classes=3, **kwargs)
+    assert model.input_normalization == expected
+    assert get_normalization(model.input_normalization).name == expected  # a known space
+    assert "input_normalization" not in "".join(model.state_dict())  # not saved as a tensor
 
 
 def test_build_smp_architecture() -> None:
@@ -237,7 +273,9 @@ def test_checkpoint_layouts(tmp_path: Path, wrap) -> None:
     path = tmp_path / "weights.pt"
     torch.save(wrap(source.state_dict()), path)
     target = build_segmentor("tiny_unet", num_classes=4)
-    assert load_checkpoint(target, path) == "model"
+    report = load_checkpoint(target, path)
+    assert (report.layout, report.target, report.heads) == ("library", "model", ())
+    assert report.skipped == {}
     for key, value in source.state_dict().items():
         if not key.endswith("num_batches_tracked"):
             assert torch.equal(target.state_dict()[key], value), key
@@ -257,6 +295,9 @@ def test_checkpoint_into_encoder_only(tmp_path: Path) -> None:
     assert torch.equal(model.encoder.bn1.running_mean, resnet.bn1.running_mean)
     # the head keeps its own (seeded) initialisation
     assert torch.equal(model.classifier.branches[0].weight, reference.classifier.branches[0].weight)
+    report = load_checkpoint(model, path)
+    assert (report.layout, report.target) == ("library", "encoder")
+    assert set(report.skipped) == {"fc.weight", "fc.bias"}  # the ImageNet classifier
 
 
 def test_tiny_unet_encoder_checkpoint(tmp_path: Path) -> None:
@@ -264,7 +305,9 @@ def test_tiny_unet_encoder_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "encoder.pt"
     torch.save(source.encoder.state_dict(), path)
     target = build_segmentor("tiny_unet", num_classes=4)
-    assert load_checkpoint(target, path) == "encoder"
+    report = load_checkpoint(target, path)
+    assert (report.layout, report.target) == ("library", "encoder")
+    assert set(report.loaded) == {f"encoder.{k}" for k in source.encoder.state_dict()}
     assert torch.equal(target.encoder.stem[0].weight, source.encoder.stem[0].weight)
     assert not torch.equal(target.classifier.weight, source.classifier.weight)
 
@@ -293,6 +336,7 @@ def test_checkpoint_key_mismatch_shows_missing_and_unexpected(tmp_path: Path) ->
     assert "missing keys" in message and "unexpected keys" in message
     assert "stem.0.weight" in message  # an unexpected key
     assert "conv1.weight" in message  # a missing key
+    assert "Known layouts" in message and "advent-imagenet" in message
 
 
 def test_checkpoint_that_is_not_a_state_dict(tmp_path: Path) -> None:
