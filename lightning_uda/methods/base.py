@@ -274,6 +274,7 @@ class UDAModule(LightningModule):
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         """Back-propagate each loss in turn, then step the optimiser(s) every k batches."""
+        self._restore_rank_buffers()
         accumulate = self.hparams.accumulate_grad_batches
         total = torch.zeros((), device=self.device)
         batch_size = batch["source"]["image"].shape[0]
@@ -420,11 +421,33 @@ class UDAModule(LightningModule):
 
     # ------------------------------------------------------------------ checkpointing
     def _gather_rank_states(self, state: Tensor) -> list[Tensor]:
-        """Every rank's copy of a CPU ``uint8`` RNG state (the checkpoint is written by rank 0)."""
+        """Every rank's copy of a CPU ``uint8`` RNG state (the checkpoint is written by rank 0).
+
+        Each state is cloned into its own storage: ``all_gather`` returns one stacked tensor, and
+        its rows saved as they are come back from ``torch.load`` as views of one shared storage,
+        which ``torch.Generator.set_state`` misreads (``Invalid mt19937 state``, or a segfault).
+        """
         if self._trainer is None or self.trainer.world_size == 1:
-            return [state]
+            return [state.clone()]
         gathered = self.all_gather(state.to(self.device))
-        return [s.cpu() for s in gathered]
+        return [s.cpu().clone() for s in gathered]
+
+    def _gather_rank_buffers(self) -> dict[str, Any] | None:
+        """Every rank's floating-point segmentor buffers (BatchNorm statistics), flattened.
+
+        Under DDP each rank's BatchNorm updates its running statistics from its own shard during
+        a step, so the ranks' buffers differ when a checkpoint is written, and the state dict
+        holds rank 0's only. Keeping each rank's copy lets a resumed run continue exactly (with
+        ``SyncBatchNorm`` the copies are equal and this costs one small gather).
+        """
+        if self._trainer is None or self.trainer.world_size == 1:
+            return None
+        named = [(n, b) for n, b in self.model.named_buffers() if b.is_floating_point()]
+        if not named:
+            return None
+        flat = torch.cat([b.detach().reshape(-1).float() for _, b in named])
+        gathered = self.all_gather(flat)
+        return {"names": [n for n, _ in named], "values": [v.cpu().clone() for v in gathered]}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Called on every rank; per-rank RNG states keep a resumed DDP run on the same stream.
@@ -434,6 +457,7 @@ class UDAModule(LightningModule):
             "rng": self._gather_rank_states(self.rng.get_state()),
             "torch_rng": self._gather_rank_states(torch.get_rng_state()),
             "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            "rank_buffers": self._gather_rank_buffers(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -444,11 +468,35 @@ class UDAModule(LightningModule):
         self._accumulated = int(state["accumulated"])
         rank = self.trainer.global_rank if self._trainer is not None else 0
         if rank < len(state["rng"]):
-            self.rng.set_state(state["rng"][rank])
-            torch.set_rng_state(state["torch_rng"][rank])
+            # clone: a state loaded from an older checkpoint may still be a view (see above)
+            self.rng.set_state(state["rng"][rank].clone().contiguous())
+            torch.set_rng_state(state["torch_rng"][rank].clone().contiguous())
             self._rng_restored = True
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda_rng"])
+        buffers = state.get("rank_buffers")
+        if buffers is not None and rank < len(buffers["values"]):
+            # Applied at the start of the first training step: DDP broadcasts rank 0's buffers
+            # when it wraps the module and again in its first forward, both after this hook
+            # (see _gather_rank_buffers).
+            self._pending_rank_buffers = (buffers["names"], buffers["values"][rank])
+
+    def _restore_rank_buffers(self) -> None:
+        pending = getattr(self, "_pending_rank_buffers", None)
+        if pending is None:
+            return
+        self._pending_rank_buffers = None
+        names, flat = pending
+        own = dict(self.model.named_buffers())
+        if [n for n in names if n not in own] or sum(own[n].numel() for n in names) != len(flat):
+            return  # a different architecture: keep the state dict's (rank 0's) statistics
+        offset = 0
+        with torch.no_grad():
+            for name in names:
+                buffer = own[name]
+                size = buffer.numel()
+                buffer.copy_(flat[offset : offset + size].view_as(buffer).to(buffer))
+                offset += size
 
     # ------------------------------------------------------------------ evaluation
     def _update_iou(self, metric: MulticlassJaccardIndex, batch: Mapping[str, Tensor]) -> None:
