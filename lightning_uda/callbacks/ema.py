@@ -113,6 +113,11 @@ class EMATeacher(Callback):
         ema_update(pl_module.teacher, pl_module.model, coefficient, buffers=self.buffers)
         if self.buffers != "none" and trainer.world_size > 1:
             self._broadcast_buffers(pl_module.teacher)
+        # The student was checked after its step; the teacher is checked here, before Lightning's
+        # checkpoint callbacks (always run last) can save it.
+        check = getattr(pl_module, "check_finite_state", None)
+        if check is not None:
+            check("teacher")
         self.updates += 1
         pl_module.log("train/ema_alpha", coefficient, batch_size=1)
 

@@ -195,6 +195,7 @@ class AdvEntModule(MultiLevelModule):
         self._detached_maps = {}
         if self._segmentor_stepped:
             self.discriminator_optimizer_step()
+            self.check_finite_state()
         return total
 
     def optimizer_steps(self) -> None:

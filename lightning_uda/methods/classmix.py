@@ -21,6 +21,7 @@ from lightning_uda.methods.base import Losses
 from lightning_uda.methods.self_training import SelfTrainingModule
 from lightning_uda.mixing import MIX_MODES, StrongAugment, class_mix_mask, mix
 
+
 class MixInputs(NamedTuple):
     """The two sides of a mix: ``foreground`` pixels are pasted where the mask is 1.
 
