@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 
-from lightning_uda.methods.base import Losses
+from lightning_uda.methods.base import Losses, check_range
 from lightning_uda.methods.multi_level import MultiLevelModule, entropy_maps
 from lightning_uda.models import Discriminator
 
@@ -117,6 +117,11 @@ class AdvEntModule(MultiLevelModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
+        owner = type(self).__name__
+        check_range(owner, "adv_weight", adv_weight, 0)
+        check_range(owner, "aux_adv_weight", aux_adv_weight, 0)
+        check_range(owner, "discriminator_lr", discriminator_lr, 0, low_open=True)
+        check_range(owner, "discriminator_width", discriminator_width, 1)
         self.adv_weights = {"main": adv_weight, "aux": aux_adv_weight}
         #: One discriminator per output level ("main"[, "aux"]), on K-channel entropy maps.
         self.discriminators = nn.ModuleDict(
@@ -127,6 +132,18 @@ class AdvEntModule(MultiLevelModule):
         )
         self._detached_maps: dict[str, dict[str, Tensor]] = {}
         self._segmentor_stepped = False
+
+    def check_batch(self, batch: Mapping[str, Any]) -> None:
+        """The discriminator halves its input five times: images need 32×32 pixels or more."""
+        super().check_batch(batch)
+        for domain in ("source", "target"):
+            size = tuple(batch[domain]["image"].shape[-2:])
+            if min(size) < MIN_DISCRIMINATOR_INPUT:
+                raise ValueError(
+                    f"AdvEnt's discriminator halves its input 5 times, so images need at least "
+                    f"{MIN_DISCRIMINATOR_INPUT}×{MIN_DISCRIMINATOR_INPUT} pixels; the {domain} "
+                    f"batch has {size}. Use larger crops."
+                )
 
     # ------------------------------------------------------------------ hooks
     def entropy_maps(

@@ -38,6 +38,32 @@ from lightning_uda.normalization import InputNormalization, NormalizationLike, g
 Losses = Iterator[tuple[str, Tensor]]
 
 
+def check_range(
+    owner: str,
+    name: str,
+    value: float | None,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Raise ``ValueError`` naming ``owner``'s argument ``name`` if ``value`` is out of range.
+
+    ``None`` values pass (optional arguments). Bounds are inclusive unless ``low_open`` /
+    ``high_open``.
+    """
+    if value is None:
+        return
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high or value != value:  # value != value: NaN
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        bounds = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
+        raise ValueError(f"{owner}: {name} must be in {bounds}, got {value!r}")
+
+
 def first_non_finite(module: nn.Module) -> str | None:
     """Name of the first floating-point parameter or buffer of ``module`` holding a NaN or an
     infinity, or ``None`` when all are finite.
@@ -184,6 +210,21 @@ class UDAModule(LightningModule):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
         if accumulate_grad_batches < 1:
             raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
+        owner = type(self).__name__
+        check_range(owner, "num_classes", num_classes, 1)
+        check_range(owner, "lr", lr, 0, low_open=True)
+        check_range(owner, "head_lr_mult", head_lr_mult, 0, low_open=True)
+        check_range(owner, "momentum", momentum, 0, 1, high_open=True)
+        check_range(owner, "weight_decay", weight_decay, 0)
+        for i, beta in enumerate(betas):
+            check_range(owner, f"betas[{i}]", beta, 0, 1, high_open=True)
+        check_range(owner, "poly_power", poly_power, 0)
+        check_range(owner, "warmup_steps", warmup_steps, 0)
+        check_range(owner, "total_steps", total_steps, 1)
+        check_range(owner, "mcc_weight", mcc_weight, 0)
+        check_range(owner, "mcc_temperature", mcc_temperature, 0, low_open=True)
+        check_range(owner, "mcc_num_pixels", mcc_num_pixels, 1)
+        check_range(owner, "gradient_clip_val", gradient_clip_val, 0, low_open=True)
         if model is None:
             model = build_segmentor(
                 arch,
@@ -296,6 +337,9 @@ class UDAModule(LightningModule):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         """Back-propagate each loss in turn, then step the optimiser(s) every k batches."""
         self._restore_rank_buffers()
+        if not getattr(self, "_batch_checked", True):
+            self.check_batch(batch)
+            self._batch_checked = True
         accumulate = self.hparams.accumulate_grad_batches
         total = torch.zeros((), device=self.device)
         batch_size = batch["source"]["image"].shape[0]
@@ -468,8 +512,55 @@ class UDAModule(LightningModule):
                 "on that space."
             )
 
+    def _check_num_classes(self) -> None:
+        """The model's ``num_classes`` must equal the datamodule's class count."""
+        data_classes = getattr(self._datamodule(), "num_classes", None)
+        if data_classes is None or int(data_classes) == self.num_classes:
+            return
+        raise ValueError(
+            f"{type(self).__name__} was built with num_classes={self.num_classes} but the "
+            f"datamodule's datasets have {data_classes} classes. Pass num_classes="
+            f"{data_classes} (e.g. num_classes=datamodule.num_classes), or map the labels to "
+            f"{self.num_classes} train ids."
+        )
+
+    def check_batch(self, batch: Mapping[str, Any]) -> None:
+        """Check the first training batch against what the method needs (raise ``ValueError``).
+
+        Runs once per ``fit``, on the first batch, so a bad data configuration fails at once
+        rather than when a loss first needs it. The base checks the batch contract (source
+        images ``B×3×H×W`` with ``B×H×W`` integer masks, target images ``B×3×H×W``); methods
+        add their own needs and call ``super().check_batch(batch)``.
+        """
+        name = type(self).__name__
+        for domain in ("source", "target"):
+            part = batch.get(domain) if isinstance(batch, Mapping) else None
+            if not isinstance(part, Mapping) or "image" not in part:
+                raise ValueError(
+                    f"{name}: training batches need batch['{domain}']['image'] (got keys "
+                    f"{sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__}); "
+                    "build them with UDADataModule."
+                )
+            image = part["image"]
+            if image.dim() != 4 or image.shape[1] != 3:
+                raise ValueError(
+                    f"{name}: batch['{domain}']['image'] must be B×3×H×W, got {tuple(image.shape)}"
+                )
+        mask = batch["source"].get("mask")
+        image = batch["source"]["image"]
+        if mask is None or mask.dim() != 3 or mask.shape[0] != image.shape[0]:
+            raise ValueError(
+                f"{name}: batch['source']['mask'] must be B×H×W train ids for the "
+                f"{image.shape[0]} source images, got "
+                f"{None if mask is None else tuple(mask.shape)}"
+            )
+        if mask.is_floating_point():
+            raise ValueError(f"{name}: source masks must hold integer train ids, got {mask.dtype}")
+
     def on_fit_start(self) -> None:
         self._check_input_space()
+        self._check_num_classes()
+        self._batch_checked = False
         # Different ranks must draw different mixing masks / augmentations.
         if self.trainer.world_size > 1 and not getattr(self, "_rng_restored", False):
             self.rng.manual_seed(self.hparams.seed + self.trainer.global_rank)

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from torch import Tensor, nn
 
 from lightning_uda.losses import pixel_weighted_cross_entropy
-from lightning_uda.methods.base import Losses
+from lightning_uda.methods.base import Losses, check_range
 from lightning_uda.methods.self_training import SelfTrainingModule
 from lightning_uda.mixing import MIX_MODES, StrongAugment, class_mix_mask, mix
 
@@ -85,6 +85,8 @@ class ClassMixModule(SelfTrainingModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
+        check_range(type(self).__name__, "mixed_weight", mixed_weight, 0)
+        check_range(type(self).__name__, "mix_warmup_steps", mix_warmup_steps, 0)
         if mix_mode not in MIX_MODES:
             raise ValueError(f"mix_mode must be one of {MIX_MODES}, got {mix_mode!r}")
         self.mix_rounding = mix_rounding or self.default_mix_rounding
@@ -99,6 +101,16 @@ class ClassMixModule(SelfTrainingModule):
             if strong_augmentation
             else None
         )
+
+    def check_batch(self, batch: Mapping[str, Any]) -> None:
+        """ClassMix pairs each target image with another one of the same device batch."""
+        super().check_batch(batch)
+        if batch["target"]["image"].shape[0] < 2:
+            raise ValueError(
+                f"{type(self).__name__} mixes each target image with another one of its batch, "
+                f"so it needs at least 2 target images per device; got "
+                f"{batch['target']['image'].shape[0]}. Raise the (target) batch size."
+            )
 
     # ------------------------------------------------------------------ hooks
     def mix_inputs(

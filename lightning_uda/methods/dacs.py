@@ -40,10 +40,13 @@ class DACSModule(ClassMixModule):
     #: every seed (README, "Teacher BatchNorm").
     default_teacher_bn = "train"
 
-    def mix_inputs(
-        self, batch: Mapping[str, Any], pseudo_labels: Tensor, pseudo_weights: Tensor
-    ) -> MixInputs:
-        """Source image/GT (weight 1) as foreground, target image/pseudo-label as background."""
+    def check_batch(self, batch: Mapping[str, Any]) -> None:
+        """Source images are pasted onto target images: both batches need one shape."""
+        # Skip ClassMix's check (two target images per device): DACS pairs across domains.
+        super(ClassMixModule, self).check_batch(batch)
+        self._check_same_shape(batch)
+
+    def _check_same_shape(self, batch: Mapping[str, Any]) -> None:
         source, target = batch["source"], batch["target"]
         if source["image"].shape != target["image"].shape:
             raise ValueError(
@@ -52,6 +55,13 @@ class DACSModule(ClassMixModule):
                 f"{tuple(target['image'].shape)}. Use equal batch sizes and crop sizes in the "
                 "datamodule (DACS: 2 + 2 images, 512×512 crops)."
             )
+
+    def mix_inputs(
+        self, batch: Mapping[str, Any], pseudo_labels: Tensor, pseudo_weights: Tensor
+    ) -> MixInputs:
+        """Source image/GT (weight 1) as foreground, target image/pseudo-label as background."""
+        self._check_same_shape(batch)
+        source, target = batch["source"], batch["target"]
         return MixInputs(
             foreground_image=source["image"],
             foreground_label=source["mask"],

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_uda.losses import entropy_loss
-from lightning_uda.methods.base import Losses
+from lightning_uda.methods.base import Losses, check_range
 from lightning_uda.methods.multi_level import MultiLevelModule
 
 
@@ -42,6 +42,8 @@ class MinEntModule(MultiLevelModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
+        check_range(type(self).__name__, "ent_weight", ent_weight, 0)
+        check_range(type(self).__name__, "aux_ent_weight", aux_ent_weight, 0)
         self.ent_weights = {"main": ent_weight, "aux": aux_ent_weight}
 
     def target_entropy(self, logits: Tensor, size: tuple[int, int]) -> Tensor:

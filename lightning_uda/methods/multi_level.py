@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_uda.losses import cross_entropy, entropy_map, upsample_logits
-from lightning_uda.methods.base import UDAModule
+from lightning_uda.methods.base import UDAModule, check_range
 
 #: Output levels of a multi-level segmentor, in the order ``forward_multi`` returns them.
 LEVELS = ("main", "aux")
@@ -35,6 +35,7 @@ class MultiLevelModule(UDAModule):
         self, model: nn.Module | None = None, *, aux_seg_weight: float = 0.1, **kwargs: Any
     ) -> None:
         super().__init__(model, **kwargs)
+        check_range(type(self).__name__, "aux_seg_weight", aux_seg_weight, 0)
         self.aux_seg_weight = aux_seg_weight
 
     @property

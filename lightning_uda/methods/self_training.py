@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from lightning_uda.callbacks import EMATeacher, PseudoLabelThreshold
 from lightning_uda.callbacks.ema import BufferMode
 from lightning_uda.callbacks.pseudo_label import Weighting
-from lightning_uda.methods.base import UDAModule
+from lightning_uda.methods.base import UDAModule, check_range
 
 TeacherBatchNorm = Literal["train", "eval"]
 
@@ -98,6 +98,17 @@ class SelfTrainingModule(UDAModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
+        owner = type(self).__name__
+        check_range(owner, "ema_alpha", ema_alpha, 0, 1, high_open=True)
+        check_range(
+            owner,
+            "pseudo_label_threshold",
+            pseudo_label_threshold,
+            0,
+            1,
+            low_open=True,
+            high_open=True,
+        )
         teacher_bn = teacher_bn or self.default_teacher_bn
         if teacher_bn not in ("train", "eval"):
             raise ValueError(f"teacher_bn must be 'train' or 'eval', got {teacher_bn!r}")
