@@ -23,7 +23,7 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from torch.utils.data import Dataset
 
-from lightning_uda.callbacks import SegmentationPanels
+from lightning_uda.callbacks import ChecksummedCheckpointIO, SegmentationPanels
 from lightning_uda.data import Cityscapes, UDADataModule, preset
 from lightning_uda.data.transforms import EVALUATION_PROTOCOLS, PRESETS
 from lightning_uda.methods import (
@@ -537,6 +537,9 @@ def run(
     if args.print_recipe:
         return
     refuse_random_init(resolved, args)
+    run_name = f"{source_name}2cityscapes-{args.method}"
+    checkpoint_dir = args.output / run_name / "checkpoints"
+    resume_from = resume_checkpoint(checkpoint_dir) if args.resume else None
     seed_everything(args.seed, workers=True)
     recipe = resolved.recipe
     space = resolved.normalization
@@ -574,7 +577,6 @@ def run(
         seed=args.seed,
         **resolved.module_kwargs(),
     )
-    run_name = f"{source_name}2cityscapes-{args.method}"
     if args.logger == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
@@ -584,7 +586,7 @@ def run(
 
         logger = CSVLogger(args.output, name=run_name)
     checkpoints = ModelCheckpoint(
-        dirpath=args.output / run_name / "checkpoints",
+        dirpath=checkpoint_dir,
         monitor="val/mIoU",
         mode="max",
         save_last=True,
@@ -604,8 +606,23 @@ def run(
         check_val_every_n_epoch=None,
         logger=logger,
         callbacks=[checkpoints, LearningRateMonitor(), SegmentationPanels()],
+        # a SHA-256 digest beside every checkpoint, verified when a run resumes from it
+        plugins=[ChecksummedCheckpointIO()],
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path="last" if args.resume else None)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+
+
+def resume_checkpoint(directory: Path) -> str:
+    """``directory/last.ckpt``, or exit naming ``directory`` when there is none to resume."""
+    last = directory / "last.ckpt"
+    if not last.is_file():
+        found = sorted(p.name for p in directory.glob("*.ckpt")) if directory.is_dir() else []
+        sys.exit(
+            f"--resume: no last.ckpt in {directory} "
+            f"({'it holds ' + ', '.join(found) if found else 'no checkpoint there'}). Pass the "
+            "--output (and --method) of the run to resume, or start without --resume."
+        )
+    return str(last)
 
 
 def _strategy(args: argparse.Namespace) -> str:

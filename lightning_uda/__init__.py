@@ -5,6 +5,8 @@ and mixing functions. See README.md for the quickstart and docs/design.md for th
 """
 
 from lightning_uda.callbacks import (
+    CheckpointError,
+    ChecksummedCheckpointIO,
     CityscapesPredictionWriter,
     EMATeacher,
     PseudoLabelThreshold,
@@ -47,6 +49,8 @@ __version__ = "0.1.0"
 __all__ = [
     "GTA5",
     "AdvEntModule",
+    "CheckpointError",
+    "ChecksummedCheckpointIO",
     "CityscapesPredictionWriter",
     "DigitScenes",
     "MCCModule",

@@ -172,6 +172,15 @@ def test_examples_refuse_random_deeplab_weights(common):
     common.refuse_random_init(dacs, allowed)  # returns
 
 
+def test_resume_without_a_checkpoint_is_an_error_naming_the_folder(common, tmp_path):
+    folder = tmp_path / "run" / "checkpoints"
+    with pytest.raises(SystemExit, match=rf"no last\.ckpt in {folder}"):
+        common.resume_checkpoint(folder)
+    folder.mkdir(parents=True)
+    (folder / "last.ckpt").write_bytes(b"x")
+    assert common.resume_checkpoint(folder) == str(folder / "last.ckpt")
+
+
 # ------------------------------------------------------------------ a real (tiny) run
 def _gta_and_cityscapes(root: Path, fixtures: Path) -> None:
     mini = fixtures / "cityscapes_mini"

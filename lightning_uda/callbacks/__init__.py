@@ -1,5 +1,11 @@
 """Lightning callbacks: the EMA teacher, pseudo-label thresholding, prediction export, panels."""
 
+from lightning_uda.callbacks.checkpoint import (
+    CheckpointError,
+    ChecksummedCheckpointIO,
+    file_digest,
+    verify_checkpoint,
+)
 from lightning_uda.callbacks.ema import EMATeacher, ema_coefficient, ema_update
 from lightning_uda.callbacks.panels import SegmentationPanels
 from lightning_uda.callbacks.prediction_writer import (
@@ -9,6 +15,10 @@ from lightning_uda.callbacks.prediction_writer import (
 from lightning_uda.callbacks.pseudo_label import PseudoLabelThreshold
 
 __all__ = [
+    "CheckpointError",
+    "ChecksummedCheckpointIO",
+    "file_digest",
+    "verify_checkpoint",
     "CityscapesPredictionWriter",
     "EMATeacher",
     "PseudoLabelThreshold",

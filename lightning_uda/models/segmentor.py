@@ -385,6 +385,12 @@ def _read_state_dict(checkpoint: str | os.PathLike | Mapping[str, Any]) -> tuple
                 "torch.load(weights_only=True) refuses. If you trust the file, load it yourself "
                 "(torch.load(path, weights_only=False)) and pass the state dict as checkpoint="
             ) from error
+        except (EOFError, RuntimeError) as error:  # empty, truncated or not a torch file
+            size = path.stat().st_size
+            raise RuntimeError(
+                f"cannot read checkpoint {path} ({size} bytes): {type(error).__name__}: {error}. "
+                "The file is empty, truncated or not written by torch.save; copy it again."
+            ) from error
         where = str(path)
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):

@@ -357,3 +357,11 @@ def test_checkpoint_given_as_mapping() -> None:
     source = _trained_tiny_unet(seed=0, num_classes=3)
     model = build_segmentor("tiny_unet", num_classes=3, checkpoint=source.state_dict())
     assert torch.equal(model.classifier.weight, source.classifier.weight)
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated"])
+def test_empty_or_truncated_checkpoint_file_is_named(tmp_path, content):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(RuntimeError, match=r"cannot read checkpoint .*weights\.pth"):
+        build_segmentor("tiny_unet", num_classes=3, checkpoint=path)
