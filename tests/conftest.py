@@ -6,16 +6,18 @@ from pathlib import Path
 
 import pytest
 
-#: The shared real-format test data: the repository is cloned with ``shared/`` beside it.
-FIXTURES_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures"
+#: Real-format test data shipped inside the repository (see tests/fixtures/README.md).
+FIXTURES_ROOT = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
 def fixtures_root() -> Path:
-    """``../shared/fixtures`` (real-format test data); skips the test if it is absent."""
+    """``tests/fixtures`` (real-format test data). A missing fixture fails the test: the data
+    ship with the repository, so a clone that lacks them is broken, not a reason to skip."""
     if not (FIXTURES_ROOT / "cityscapes_mini").is_dir():
-        pytest.skip(
-            f"test fixtures not found at {FIXTURES_ROOT.resolve()} "
-            "(CI clones the repository with shared/ beside it)"
+        pytest.fail(
+            f"test fixtures missing: {FIXTURES_ROOT / 'cityscapes_mini'} should be part of the "
+            "repository (restore it with `git checkout -- tests/fixtures`)",
+            pytrace=False,
         )
-    return FIXTURES_ROOT.resolve()
+    return FIXTURES_ROOT
