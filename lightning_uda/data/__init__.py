@@ -11,7 +11,9 @@ from lightning_uda.data.datamodule import DomainSampler, UDADataModule
 from lightning_uda.data.datasets import (
     GTA5,
     SYNTHIA,
+    AllIgnoreLabelError,
     Cityscapes,
+    CorruptImageError,
     DatasetLayoutError,
     SegmentationFolder,
     UnknownLabelError,
@@ -40,6 +42,8 @@ from lightning_uda.data.transforms import (
 )
 
 __all__ = [
+    "AllIgnoreLabelError",
+    "CorruptImageError",
     "CITYSCAPES_CLASSES",
     "CITYSCAPES_ID_TO_TRAIN_ID",
     "CITYSCAPES_LABELS",

@@ -68,6 +68,7 @@ from torch.utils.data import (
 )
 
 from lightning_uda.constants import IGNORE_INDEX
+from lightning_uda.data.datasets import AllIgnoreLabelError
 from lightning_uda.data.labels import CITYSCAPES_PALETTE
 from lightning_uda.normalization import IMAGENET, InputNormalization, get_normalization
 
@@ -275,6 +276,27 @@ def _input_space(dataset: Dataset | None) -> InputNormalization | None:
     return None
 
 
+def _base_dataset(dataset: Dataset) -> Dataset:
+    """The dataset under ``Subset`` wrappers."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset
+
+
+def _source_label(dataset: Dataset, index: int) -> tuple[str, Any]:
+    """``(description, train-id mask)`` of item ``index``, from the label file when possible."""
+    while isinstance(dataset, Subset):
+        index = int(dataset.indices[index])
+        dataset = dataset.dataset
+    samples = getattr(dataset, "samples", None)
+    load_mask = getattr(dataset, "load_mask", None)
+    if samples is not None and callable(load_mask) and samples[index][1] is not None:
+        path = samples[index][1]
+        return str(path), load_mask(path)
+    mask = dataset[index]["mask"]
+    return f"source item {index}", mask.numpy() if hasattr(mask, "numpy") else mask
+
+
 class _StreamLoader(DataLoader):
     """A training loader that resumes itself (see :class:`DomainSampler`).
 
@@ -364,8 +386,17 @@ class UDADataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
         persistent_workers: bool = False,
         class_subsets: Mapping[str, Sequence[int]] | None = None,
+        label_check_items: int = 16,
+        all_ignore_warn_fraction: float = 0.25,
     ) -> None:
         super().__init__()
+        if label_check_items < 0 or not 0.0 < all_ignore_warn_fraction <= 1.0:
+            raise ValueError(
+                "UDADataModule: label_check_items must be >= 0 and all_ignore_warn_fraction in "
+                f"(0, 1], got {label_check_items} and {all_ignore_warn_fraction}"
+            )
+        self.label_check_items = label_check_items
+        self.all_ignore_warn_fraction = all_ignore_warn_fraction
         self.source, self.target, self.val = source, target, val
         self.test, self.predict = test, predict
         self.batch_size = batch_size
@@ -547,8 +578,46 @@ class UDADataModule(L.LightningDataModule):
             generator=generator,
         )
 
+    def check_source_labels(self) -> None:
+        """Read the first ``label_check_items`` source labels and check they are not all void.
+
+        Labels converted wrongly (16-bit SYNTHIA labels read as 8-bit, colour instead of id
+        images, train ids where label ids are expected) load as 255 everywhere, and training
+        then runs with a source loss of exactly 0 and no complaint. If every checked label is
+        all void this raises :class:`~lightning_uda.data.datasets.AllIgnoreLabelError` naming
+        the files and the likely cause; if at least ``all_ignore_warn_fraction`` of them are, it
+        warns. Called when the training loader is built (the start of ``fit``); reads the label
+        files only (no augmentation) where the dataset exposes them.
+        """
+        count = min(self.label_check_items, len(self.source))  # type: ignore[arg-type]
+        if count == 0:
+            return
+        empty = [
+            where
+            for where, mask in (_source_label(self.source, i) for i in range(count))
+            if bool(np.all(np.asarray(mask) == IGNORE_INDEX))
+        ]
+        if not empty:
+            return
+        hint = getattr(_base_dataset(self.source), "LABEL_HINT", None) or (
+            "the labels may not be converted to train ids (values outside the label table map "
+            "to void)"
+        )
+        shown = ", ".join(empty[:5]) + (f", ... ({len(empty)} in all)" if len(empty) > 5 else "")
+        if len(empty) == count:
+            raise AllIgnoreLabelError(
+                f"UDADataModule: all {count} source labels checked are void (255) everywhere: "
+                f"{shown}. Likely cause: {hint}. Training on them would give a source loss of 0."
+            )
+        if len(empty) / count >= self.all_ignore_warn_fraction:
+            rank_zero_warn(
+                f"UDADataModule: {len(empty)} of the first {count} source labels are void "
+                f"everywhere: {shown}. Likely cause: {hint}."
+            )
+
     def train_dataloader(self) -> CombinedLoader:
         """``CombinedLoader({"source": ..., "target": ...})`` of equal lengths (see module doc)."""
+        self.check_source_labels()
         loaders = {
             "source": self._stream("source", self.source, self.batch_size, keep_mask=True),
             "target": self._stream(

@@ -45,6 +45,9 @@ from lightning_uda.normalization import InputNormalization, NormalizationLike, g
 
 __all__ = [
     "GTA5",
+    "AllIgnoreLabelError",
+    "CorruptImageError",
+    "check_complete",
     "SYNTHIA",
     "Cityscapes",
     "DatasetLayoutError",
@@ -66,12 +69,60 @@ class DatasetLayoutError(ValueError):
     """The files on disk do not have the layout a dataset expects (the message shows it)."""
 
 
+class CorruptImageError(DatasetLayoutError):
+    """An image or label file is truncated or damaged (it would decode partly, with a warning)."""
+
+
+class AllIgnoreLabelError(ValueError):
+    """Source labels that load with every pixel void: almost always a conversion problem."""
+
+
+#: PNG files end with this IEND chunk (length 0, type, CRC).
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def check_complete(path: PathLike) -> None:
+    """Raise :class:`CorruptImageError` if a PNG or JPEG file ``path`` is cut short.
+
+    OpenCV and libjpeg decode a truncated JPEG into a partly grey image with only a message on
+    stderr, and a PNG cut in its last chunk can load too; a damaged training image then trains
+    silently. A complete PNG ends with its ``IEND`` chunk and a complete JPEG with the ``FF D9``
+    end-of-image marker (trailing zero padding allowed), so reading the file's last bytes is
+    enough: the check costs one small read per image (a few µs), not a second decode. Other
+    formats pass unchecked.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".png", ".jpg", ".jpeg"):
+        return
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 64))
+            tail = handle.read()
+    except OSError as error:
+        raise CorruptImageError(f"Cannot read {path}: {error}") from error
+    if suffix == ".png":
+        complete = tail.endswith(_PNG_END)
+        what = "its IEND chunk"
+    else:
+        complete = b"\xff\xd9" in tail  # FF D9 only occurs as the marker (FF is stuffed)
+        what = "the JPEG end-of-image marker (FF D9)"
+    if not complete:
+        raise CorruptImageError(
+            f"{path} is truncated or damaged: it does not end with {what} ({size} bytes). It "
+            "would decode partly (grey or garbage pixels); copy or extract the file again."
+        )
+
+
 class UnknownLabelError(ValueError):
     """A label image holds a value outside the dataset's id table (corrupt or foreign file)."""
 
 
 def read_image(path: PathLike) -> np.ndarray:
     """Read an image file as ``H × W × 3`` uint8 **RGB** (OpenCV reads BGR; converted here)."""
+    check_complete(path)
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise DatasetLayoutError(f"Cannot read image {path} (missing, empty or not an image).")
@@ -81,6 +132,7 @@ def read_image(path: PathLike) -> np.ndarray:
 def _read_index_mask(path: Path) -> np.ndarray:
     # Pillow, not OpenCV: OpenCV expands paletted PNGs (GTA5's labels) to colours, Pillow keeps
     # the palette indices, which are the ids.
+    check_complete(path)
     try:
         with Image.open(path) as image:
             mask = np.array(image)
@@ -220,6 +272,9 @@ class SegmentationFolder(Dataset):
 
     #: Shown in layout errors (subclasses describe their dataset's tree).
     LAYOUT = "images/<key><image_suffix>.png|jpg  and  masks/<key><mask_suffix>.png"
+
+    #: Likely cause when labels load as all-void (see UDADataModule's label check).
+    LABEL_HINT = "the label files or label_map do not match (values outside it map to void)"
 
     def __init__(
         self,
@@ -486,6 +541,12 @@ class Cityscapes(SegmentationFolder):
         ... # doctest: +SKIP
     """
 
+    #: Likely cause when labels load as all-void (see UDADataModule's label check).
+    LABEL_HINT = (
+        "Cityscapes reads *_gtFine_labelIds.png (label ids 0..33); files holding train ids or "
+        "colours, or re-encoded labels, map to void"
+    )
+
     LAYOUT = (
         "root/\n"
         "├── leftImg8bit/{split}/{city}/*_leftImg8bit.png\n"
@@ -553,6 +614,12 @@ class GTA5(SegmentationFolder):
 
     LAYOUT = "root/\n├── images/*.png\n└── labels/*.png   (Cityscapes label ids)"
 
+    #: Likely cause when labels load as all-void (see UDADataModule's label check).
+    LABEL_HINT = (
+        "GTA5 labels are paletted PNGs whose palette indices are Cityscapes label ids; labels "
+        "converted to colour/RGB or to train ids map to void"
+    )
+
     def __init__(
         self,
         root: PathLike,
@@ -606,6 +673,13 @@ class SYNTHIA(SegmentationFolder):
         **kwargs: ``return_meta``, ``check_labels``, ``resize_mismatched_masks``.
     """
 
+    #: Likely cause when labels load as all-void (see UDADataModule's label check).
+    LABEL_HINT = (
+        "SYNTHIA labels are 16-bit PNGs with the class id in the R channel: 16-bit SYNTHIA "
+        "labels read as 8-bit (re-saved through Pillow, which reduces 16-bit PNGs, or scaled to "
+        "8 bits) or with the id in another channel load as void everywhere"
+    )
+
     LAYOUT = "root/\n├── RGB/*.png\n└── GT/LABELS/*.png   (16-bit, class id in the R channel)"
 
     def __init__(
@@ -635,6 +709,7 @@ class SYNTHIA(SegmentationFolder):
 
     def read_mask(self, path: Path) -> np.ndarray:
         """Raw SYNTHIA ids, ``H × W`` uint16: the R channel of the 16-bit label PNG."""
+        check_complete(path)
         label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if label is None:
             raise DatasetLayoutError(f"Cannot read label image {path}.")
