@@ -35,12 +35,13 @@ from lightning_uda.methods import (
     ClassMixModule,
     DACSModule,
     MCCModule,
+    MICModule,
     MinEntModule,
     SelfTrainingModule,
     SourceOnlyModule,
     UDAModule,
 )
-from lightning_uda.mixing import StrongAugment, class_mix_mask, mix
+from lightning_uda.mixing import StrongAugment, block_mask, class_mix_mask, mix
 from lightning_uda.models import DeepLabV2, Discriminator, TinyUNet, build_segmentor
 from lightning_uda.normalization import CAFFE, IMAGENET, InputNormalization, get_normalization
 
@@ -54,6 +55,7 @@ __all__ = [
     "CityscapesPredictionWriter",
     "DigitScenes",
     "MCCModule",
+    "MICModule",
     "MinEntModule",
     "SegmentationPanels",
     "demo_datamodule",
@@ -80,6 +82,7 @@ __all__ = [
     "TinyUNet",
     "UDADataModule",
     "UDAModule",
+    "block_mask",
     "build_segmentor",
     "class_mix_mask",
     "cross_entropy",

@@ -5,6 +5,7 @@ from lightning_uda.methods.base import UDAModule, poly_lr_factor
 from lightning_uda.methods.classmix import ClassMixModule, MixInputs
 from lightning_uda.methods.dacs import DACSModule
 from lightning_uda.methods.mcc import MCCModule
+from lightning_uda.methods.mic import MICModule
 from lightning_uda.methods.minent import MinEntModule
 from lightning_uda.methods.multi_level import MultiLevelModule
 from lightning_uda.methods.self_training import SelfTrainingModule
@@ -15,6 +16,7 @@ __all__ = [
     "ClassMixModule",
     "DACSModule",
     "MCCModule",
+    "MICModule",
     "MinEntModule",
     "MixInputs",
     "MultiLevelModule",

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from lightning_uda.losses import pixel_weighted_cross_entropy
 from lightning_uda.methods.base import Losses, check_range
 from lightning_uda.methods.self_training import SelfTrainingModule
-from lightning_uda.mixing import MIX_MODES, StrongAugment, class_mix_mask, mix
+from lightning_uda.mixing import MIX_MODES, StrongAugment, block_mask, class_mix_mask, mix
 
 
 class MixInputs(NamedTuple):
@@ -65,6 +65,13 @@ class ClassMixModule(SelfTrainingModule):
             :class:`~lightning_uda.mixing.StrongAugment`.
         augment_decision: "per_image" (default) or "per_batch": one jitter and one blur
             apply/skip draw per step shared by the batch, as DACS' code.
+        masked_consistency_weight: weight of MIC's masked image consistency loss (0 = off; 1 in
+            MIC): the target images, colour-augmented on their own, are blanked on random
+            ``mask_block_size`` blocks (:func:`~lightning_uda.mixing.block_mask`, a
+            ``mask_ratio`` fraction) and the student must predict the teacher's pseudo-labels of
+            the full images on them (same labels, same weights q).
+        mask_block_size: MIC's block side in pixels (64 at 512×512 crops).
+        mask_ratio: masked fraction of the blocks (0.7).
         **kwargs: see :class:`SelfTrainingModule` and :class:`UDAModule`.
     """
 
@@ -80,6 +87,9 @@ class ClassMixModule(SelfTrainingModule):
         mixed_weight: float = 1.0,
         mix_warmup_steps: int = 0,
         strong_augmentation: bool = True,
+        masked_consistency_weight: float = 0.0,
+        mask_block_size: int = 64,
+        mask_ratio: float = 0.7,
         jitter_semantics: str = "torchvision",
         augment_decision: str = "per_image",
         **kwargs: Any,
@@ -87,6 +97,9 @@ class ClassMixModule(SelfTrainingModule):
         super().__init__(model, **kwargs)
         check_range(type(self).__name__, "mixed_weight", mixed_weight, 0)
         check_range(type(self).__name__, "mix_warmup_steps", mix_warmup_steps, 0)
+        check_range(type(self).__name__, "masked_consistency_weight", masked_consistency_weight, 0)
+        check_range(type(self).__name__, "mask_block_size", mask_block_size, 1)
+        check_range(type(self).__name__, "mask_ratio", mask_ratio, 0, 1)
         if mix_mode not in MIX_MODES:
             raise ValueError(f"mix_mode must be one of {MIX_MODES}, got {mix_mode!r}")
         self.mix_rounding = mix_rounding or self.default_mix_rounding
@@ -175,3 +188,23 @@ class ClassMixModule(SelfTrainingModule):
         self.log("train/mix_fraction", mask.float().mean(), batch_size=mask.shape[0])
         self._last_mix = {"image": images.detach(), "label": labels, "weight": weights}
         yield "mixed", self.hparams.mixed_weight * self.mixed_loss(images, labels, weights)
+        if self.hparams.masked_consistency_weight > 0:
+            masked = self.masked_consistency_loss(target["image"], pseudo_labels, pseudo_weights)
+            yield "masked", self.hparams.masked_consistency_weight * masked
+
+    def masked_consistency_loss(self, images: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
+        """MIC: weighted CE of the student on colour-augmented, block-masked target ``images``
+        (``B×3×H×W``) against the pseudo-labels of the full images (``B×H×W`` labels/weights).
+
+        The augmentation is drawn anew (not the mixed batch's); masked pixels become 0 in the
+        normalised space, as in MIC.
+        """
+        augmented, _, _ = self.strong_augment(images, labels, weights)
+        keep = block_mask(
+            augmented.shape,
+            block_size=self.hparams.mask_block_size,
+            ratio=self.hparams.mask_ratio,
+            generator=self.rng,
+            device=augmented.device,
+        )
+        return self.mixed_loss(augmented * keep.to(augmented.dtype), labels, weights)

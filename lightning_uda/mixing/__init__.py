@@ -1,4 +1,4 @@
-"""Mixing (torch only): ClassMix masks, mask-based mixing, DACS strong augmentation."""
+"""Mixing (torch only): ClassMix masks, mask-based mixing, DACS strong augmentation, MIC masks."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from lightning_uda.mixing.augment import (
     blur_kernel_size,
 )
 from lightning_uda.mixing.classmix import MIX_MODES, class_mix_mask, mix
+from lightning_uda.mixing.masking import block_mask
 
 __all__ = [
     "AUGMENT_DECISIONS",
@@ -17,6 +18,7 @@ __all__ = [
     "MIX_MODES",
     "AugmentParams",
     "StrongAugment",
+    "block_mask",
     "blur_kernel_size",
     "class_mix_mask",
     "mix",
