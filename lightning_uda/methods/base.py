@@ -86,28 +86,39 @@ def first_non_finite(module: nn.Module) -> str | None:
     return next(name for name, t in named if not bool(torch.isfinite(t.detach()).all()))
 
 
-def poly_lr_factor(step: int, total_steps: int, power: float = 0.9, warmup_steps: int = 0) -> float:
+def poly_lr_factor(
+    step: int,
+    total_steps: int,
+    power: float = 0.9,
+    warmup_steps: int = 0,
+    warmup_ratio: float | None = None,
+) -> float:
     """Learning-rate multiplier of the poly schedule, ``(1 - step/total)**power``.
 
     DACS and AdvEnt decay the learning rate per iteration with power 0.9. ``warmup_steps`` adds a
-    linear warm-up: the factor is ``(step + 1) / warmup_steps`` for the first ``warmup_steps``
-    steps, then the poly factor of the *current* step (so the peak is slightly below 1 when the
-    warm-up ends: ``(1 - warmup/total)**power``).
+    linear warm-up, in one of two forms:
 
-    This is not mmcv's warm-up (DAFormer's ``poly10warm`` schedule): mmcv multiplies the poly
-    learning rate of the current step by ``1 - (1 - step/warmup) · (1 - warmup_ratio)``, starting
-    from ``warmup_ratio`` (1e-6 in DAFormer) rather than from ``1/warmup_steps``, and reaching
-    exactly the poly value at the end of the warm-up. The two differ only during the warm-up.
+    - ``warmup_ratio=None`` (default): the factor is ``(step + 1) / warmup_steps`` for the first
+      ``warmup_steps`` steps, then the poly factor of the *current* step (so the peak is slightly
+      below 1 when the warm-up ends: ``(1 - warmup/total)**power``).
+    - ``warmup_ratio=r``: mmcv's linear warm-up (DAFormer's ``poly10warm``: 1,500 steps,
+      r = 1e-6, power 1): the poly factor of the current step times
+      ``1 - (1 - step/warmup_steps) · (1 - r)``, which starts at ``r`` and reaches the poly value
+      exactly at the end of the warm-up.
 
     Args:
         step: optimiser steps taken so far (0-based).
         total_steps: the number of steps of the whole run.
         power: the poly exponent.
         warmup_steps: length of the linear warm-up (0 = none).
+        warmup_ratio: starting fraction of mmcv's warm-up, or ``None`` for the first form.
     """
+    poly = max(0.0, 1.0 - step / max(1, total_steps)) ** power
     if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    return max(0.0, 1.0 - step / max(1, total_steps)) ** power
+        if warmup_ratio is None:
+            return (step + 1) / warmup_steps
+        return poly * (1.0 - (1.0 - step / warmup_steps) * (1.0 - warmup_ratio))
+    return poly
 
 
 class UDAModule(LightningModule):
@@ -147,8 +158,9 @@ class UDAModule(LightningModule):
         betas: AdamW betas.
         head_lr_mult: learning-rate multiplier of the head (10 in DACS/AdvEnt).
         poly_power: exponent of the per-iteration poly decay (0.9).
-        warmup_steps: linear learning-rate warm-up steps (0 = none; see :func:`poly_lr_factor`
-            for how it differs from mmcv's warm-up).
+        warmup_steps: linear learning-rate warm-up steps (0 = none; see :func:`poly_lr_factor`).
+        warmup_ratio: ``None`` (warm-up from ``1/warmup_steps``) or mmcv's warm-up starting at
+            this fraction of the poly learning rate (DAFormer: 1e-6).
         total_steps: steps of the schedule; default ``trainer.max_steps`` (or Lightning's estimate).
         mcc_weight: weight of the Minimum Class Confusion loss on target pixels (0 = off); any
             method can add MCC as a regulariser this way.
@@ -191,6 +203,7 @@ class UDAModule(LightningModule):
         head_lr_mult: float = 10.0,
         poly_power: float = 0.9,
         warmup_steps: int = 0,
+        warmup_ratio: float | None = None,
         total_steps: int | None = None,
         mcc_weight: float = 0.0,
         mcc_temperature: float = 2.5,
@@ -221,6 +234,7 @@ class UDAModule(LightningModule):
             check_range(owner, f"betas[{i}]", beta, 0, 1, high_open=True)
         check_range(owner, "poly_power", poly_power, 0)
         check_range(owner, "warmup_steps", warmup_steps, 0)
+        check_range(owner, "warmup_ratio", warmup_ratio, 0, 1)
         check_range(owner, "total_steps", total_steps, 1)
         check_range(owner, "mcc_weight", mcc_weight, 0)
         check_range(owner, "mcc_temperature", mcc_temperature, 0, low_open=True)
@@ -459,19 +473,28 @@ class UDAModule(LightningModule):
         return torch.optim.AdamW(groups, lr=hp.lr, betas=hp.betas, weight_decay=hp.weight_decay)
 
     def poly_scheduler(
-        self, optimizer: torch.optim.Optimizer, warmup_steps: int = 0
+        self,
+        optimizer: torch.optim.Optimizer,
+        warmup_steps: int = 0,
+        warmup_ratio: float | None = None,
     ) -> torch.optim.lr_scheduler.LambdaLR:
         """Per-step poly decay of every group of ``optimizer`` (see :func:`poly_lr_factor`)."""
         total = self.total_steps()
         power = self.hparams.poly_power
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer,
-            lambda step: poly_lr_factor(step, total, power=power, warmup_steps=warmup_steps),
+            lambda step: poly_lr_factor(
+                step, total, power=power, warmup_steps=warmup_steps, warmup_ratio=warmup_ratio
+            ),
         )
 
     def configure_optimizers(self) -> Any:
         optimizer = self.make_optimizer(self.segmentor_param_groups())
-        scheduler = self.poly_scheduler(optimizer, warmup_steps=self.hparams.warmup_steps)
+        scheduler = self.poly_scheduler(
+            optimizer,
+            warmup_steps=self.hparams.warmup_steps,
+            warmup_ratio=self.hparams.warmup_ratio,
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}
 
     def configure_callbacks(self) -> list[Any]:

@@ -38,6 +38,21 @@ class OneHotModel(nn.Module):
         return one_hot.permute(0, 3, 1, 2).float() * 10 + self.dummy
 
 
+def test_mmcv_style_warmup_matches_its_formula():
+    # DAFormer's poly10warm: 1,500 warm-up steps from 1e-6, poly power 1 over 40k steps.
+    # mmcv: lr = poly_lr(t) · (1 − (1 − t/W)(1 − r)) for t < W, poly_lr(t) after.
+    total, warmup, ratio = 40_000, 1_500, 1e-6
+
+    def factor(step):
+        return poly_lr_factor(step, total, 1.0, warmup_steps=warmup, warmup_ratio=ratio)
+
+    assert factor(0) == pytest.approx(1e-6)
+    assert factor(750) == pytest.approx((1 - 750 / total) * (1 - 0.5 * (1 - ratio)))
+    assert factor(1_499) == pytest.approx((1 - 1_499 / total) * (1 - (1 / 1_500) * (1 - ratio)))
+    assert factor(1_500) == pytest.approx(1 - 1_500 / total)  # continuous at the end
+    assert factor(40_000) == 0.0
+
+
 def test_validation_miou_equals_hand_computed_confusion_matrix():
     # 3 classes; prediction and label over 8 pixels (one ignored):
     pred = torch.tensor([[0, 0, 1, 1, 2, 2, 0, 1]])
