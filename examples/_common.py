@@ -345,7 +345,11 @@ class ResolvedRecipe:
             ("teacher", teacher),
             ("method settings", ", ".join(f"{k}={v}" for k, v in extra.items()) or "—"),
             ("evaluation", f"{self.eval_protocol}: {EVALUATION_PROTOCOLS[self.eval_protocol]}"),
-            ("devices", f"{self.devices} (SyncBatchNorm {'on' if self.sync_batchnorm else 'off'})"),
+            (
+                "devices",
+                f"{self.devices} (SyncBatchNorm "
+                + ("on; not on CPU, where PyTorch has none)" if self.sync_batchnorm else "off)"),
+            ),
             ("published mIoU", r.published.get(self.source, "—")),
         ]
 
@@ -598,7 +602,7 @@ def run(
         accelerator=args.accelerator,
         devices=args.devices,
         strategy=_strategy(args),
-        sync_batchnorm=resolved.sync_batchnorm,
+        sync_batchnorm=resolved.sync_batchnorm and _on_gpu(args.accelerator),
         precision=args.precision,
         max_steps=resolved.stop_steps,
         max_epochs=-1,
@@ -623,6 +627,15 @@ def resume_checkpoint(directory: Path) -> str:
             "--output (and --method) of the run to resume, or start without --resume."
         )
     return str(last)
+
+
+def _on_gpu(accelerator: str) -> bool:
+    """Whether the run will use GPUs (SyncBatchNorm has no CPU implementation in PyTorch)."""
+    if accelerator == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return accelerator in ("gpu", "cuda")
 
 
 def _strategy(args: argparse.Namespace) -> str:

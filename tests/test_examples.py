@@ -202,7 +202,11 @@ def _gta_and_cityscapes(root: Path, fixtures: Path) -> None:
             mini / "leftImg8bit/val/frankfurt" / f"{FRAME}_leftImg8bit.png",
             root / "gta5" / "images" / f"0000{i}.png",
         )
-        Image.fromarray(ids, mode="P").save(root / "gta5" / "labels" / f"0000{i}.png")
+        # a paletted PNG whose indices are the ids (saved without a palette, Pillow would
+        # rewrite the indices: the label check caught exactly that here)
+        label = Image.fromarray(ids)
+        label.putpalette([(v * 37) % 256 for v in range(768)])
+        label.save(root / "gta5" / "labels" / f"0000{i}.png")
 
 
 @pytest.mark.slow
