@@ -161,6 +161,8 @@ class UDAModule(LightningModule):
         warmup_steps: linear learning-rate warm-up steps (0 = none; see :func:`poly_lr_factor`).
         warmup_ratio: ``None`` (warm-up from ``1/warmup_steps``) or mmcv's warm-up starting at
             this fraction of the poly learning rate (DAFormer: 1e-6).
+        no_decay_keys: parameter-name substrings whose parameters get no weight decay
+            (DAFormer: ``("norm", "pos_block")``); empty = decay everywhere.
         total_steps: steps of the schedule; default ``trainer.max_steps`` (or Lightning's estimate).
         mcc_weight: weight of the Minimum Class Confusion loss on target pixels (0 = off); any
             method can add MCC as a regulariser this way.
@@ -204,6 +206,7 @@ class UDAModule(LightningModule):
         poly_power: float = 0.9,
         warmup_steps: int = 0,
         warmup_ratio: float | None = None,
+        no_decay_keys: Sequence[str] = (),
         total_steps: int | None = None,
         mcc_weight: float = 0.0,
         mcc_temperature: float = 2.5,
@@ -455,12 +458,34 @@ class UDAModule(LightningModule):
         return max(1, int(estimated) // self.hparams.accumulate_grad_batches)
 
     def segmentor_param_groups(self) -> list[dict[str, Any]]:
-        """Backbone (``lr``) and head (``lr * head_lr_mult``) parameter groups."""
+        """Backbone (``lr``) and head (``lr * head_lr_mult``) parameter groups.
+
+        With ``no_decay_keys``, each group is split: parameters whose name (in the segmentor)
+        contains one of the keys get weight decay 0 (mmcv's ``paramwise_cfg`` ``decay_mult=0``,
+        matched by substring as there), in a group named ``<group>_no_decay``.
+        """
         backbone, head = parameter_groups(self.model)
         lr = self.hparams.lr
         groups = [{"params": backbone, "lr": lr, "name": "backbone"}]
         if head:
             groups.append({"params": head, "lr": lr * self.hparams.head_lr_mult, "name": "head"})
+        keys = tuple(self.hparams.no_decay_keys or ())
+        if keys:
+            names = {id(p): n for n, p in self.model.named_parameters()}
+            split = []
+            for group in groups:
+                plain = [p for p in group["params"] if not any(k in names[id(p)] for k in keys)]
+                free = [p for p in group["params"] if any(k in names[id(p)] for k in keys)]
+                split.append({**group, "params": plain})
+                split.append(
+                    {
+                        **group,
+                        "params": free,
+                        "name": f"{group['name']}_no_decay",
+                        "weight_decay": 0.0,
+                    }
+                )
+            groups = split
         return [g for g in groups if g["params"]]
 
     def make_optimizer(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:

@@ -72,6 +72,9 @@ class SelfTrainingModule(UDAModule):
         ema_alpha: teacher EMA decay (0.99 in DACS).
         ema_warmup: use DACS' warm-up ``min(1 - 1/(t+1), alpha)``.
         ema_buffers: "copy", "average" or "none" for the teacher's BatchNorm buffers.
+        pseudo_label_crop: ``(top, bottom)`` image rows whose pseudo-label weights are set to 0
+            after q is computed (DAFormer: ``(15, 120)`` on 512-row crops of 1024×512 frames:
+            the ego-vehicle bonnet and rectification borders); ``(0, 0)`` = none.
         teacher_bn: "train" (batch statistics while pseudo-labelling, as the references) or
             "eval" (running statistics); ``None`` takes the class default
             (:attr:`default_teacher_bn`: ``"train"`` for DACS, ``"eval"`` for ClassMix).
@@ -95,6 +98,7 @@ class SelfTrainingModule(UDAModule):
         pseudo_label_threshold: float = 0.968,
         pseudo_label_weighting: Weighting = "uniform",
         teacher_bn: TeacherBatchNorm | None = None,
+        pseudo_label_crop: tuple[int, int] = (0, 0),
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
@@ -109,6 +113,11 @@ class SelfTrainingModule(UDAModule):
             low_open=True,
             high_open=True,
         )
+        if len(pseudo_label_crop) != 2 or min(pseudo_label_crop) < 0:
+            raise ValueError(
+                f"{owner}: pseudo_label_crop must be (top, bottom) rows >= 0, got "
+                f"{pseudo_label_crop!r}"
+            )
         teacher_bn = teacher_bn or self.default_teacher_bn
         if teacher_bn not in ("train", "eval"):
             raise ValueError(f"teacher_bn must be 'train' or 'eval', got {teacher_bn!r}")
@@ -189,9 +198,22 @@ class SelfTrainingModule(UDAModule):
                 threshold=self.hparams.pseudo_label_threshold,
                 weighting=self.hparams.pseudo_label_weighting,
             )
-        return labeler(
+        labels, weights = labeler(
             self.teacher_logits(images),
             pl_module=self if self._trainer is not None else None,
             monitor_mask=monitor_mask,
             class_names=self.class_names,
         )
+        return labels, self.crop_pseudo_weights(weights)
+
+    def crop_pseudo_weights(self, weights: Tensor) -> Tensor:
+        """Zero the weights of the top and bottom ``pseudo_label_crop`` rows (``B×H×W``)."""
+        top, bottom = (int(v) for v in self.hparams.pseudo_label_crop)
+        if top == 0 and bottom == 0:
+            return weights
+        weights = weights.clone()
+        if top:
+            weights[:, :top] = 0.0
+        if bottom:
+            weights[:, weights.shape[1] - bottom :] = 0.0
+        return weights

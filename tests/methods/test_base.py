@@ -124,3 +124,47 @@ def test_predict_returns_label_maps_at_original_size():
     out = module.predict_step(batch, 0)
     assert [tuple(p.shape) for p in out["pred"]] == [(32, 48), (32, 48)]
     assert out["pred"][0].dtype == torch.long
+
+
+class _NormNet(torch.nn.Module):
+    """A backbone with a LayerNorm named like MiT's (``norm1``) and a conv head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = torch.nn.ModuleDict(
+            {"proj": torch.nn.Linear(3, 3), "norm1": torch.nn.LayerNorm(3)}
+        )
+        self.classifier = torch.nn.Conv2d(3, 2, 1)
+        self.head_norm = torch.nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        return self.head_norm(self.classifier(x))
+
+
+def test_no_decay_keys_split_the_groups_by_name():
+    module = SourceOnlyModule(
+        model=_NormNet(),
+        num_classes=2,
+        optimizer="adamw",
+        lr=6e-5,
+        weight_decay=0.01,
+        no_decay_keys=("norm", "pos_block"),
+    )
+    groups = {g["name"]: g for g in module.segmentor_param_groups()}
+    assert set(groups) == {"backbone", "backbone_no_decay", "head", "head_no_decay"}
+    net = module.model
+    assert groups["backbone_no_decay"]["params"] == list(net.encoder["norm1"].parameters())
+    assert groups["backbone"]["params"] == list(net.encoder["proj"].parameters())
+    assert groups["head_no_decay"]["params"] == list(net.head_norm.parameters())
+    assert groups["backbone_no_decay"]["weight_decay"] == 0.0
+    assert "weight_decay" not in groups["head"]  # the optimiser's (0.01)
+    optimizer = module.make_optimizer(module.segmentor_param_groups())
+    decays = {g["name"]: g["weight_decay"] for g in optimizer.param_groups}
+    assert decays == {
+        "backbone": 0.01,
+        "backbone_no_decay": 0.0,
+        "head": 0.01,
+        "head_no_decay": 0.0,
+    }
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert lrs["head_no_decay"] == pytest.approx(6e-4)  # head 10×

@@ -70,3 +70,17 @@ def test_train_mode_teacher_fits(module_cls, tmp_path):
     trainer.fit(module, datamodule=toy_datamodule())
     assert torch.isfinite(trainer.callback_metrics["train/loss_mixed"])
     assert not module.teacher.training
+
+
+def test_pseudo_label_crop_zeroes_top_and_bottom_rows_after_q():
+    module = DACSModule(**tiny_module_kwargs(), pseudo_label_crop=(2, 3))
+    images = torch.randn(2, 3, 16, 16)
+    plain = DACSModule(**tiny_module_kwargs())
+    plain.teacher.load_state_dict(module.teacher.state_dict())
+    _, full = plain.pseudo_label(images)
+    _, cropped = module.pseudo_label(images)
+    assert torch.all(cropped[:, :2] == 0) and torch.all(cropped[:, -3:] == 0)
+    # rows in between keep q, computed over all pixels as DAFormer does (before the crop)
+    torch.testing.assert_close(cropped[:, 2:-3], full[:, 2:-3])
+    with pytest.raises(ValueError, match="pseudo_label_crop"):
+        DACSModule(**tiny_module_kwargs(), pseudo_label_crop=(-1, 0))
