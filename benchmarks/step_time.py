@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-METHODS = ["source_only", "dacs", "classmix", "minent", "advent", "mcc"]
+METHODS = ["source_only", "dacs", "classmix", "minent", "advent", "mcc", "mic"]
 
 
 def _module_class(name: str) -> Any:
@@ -36,6 +36,7 @@ def _module_class(name: str) -> Any:
         "minent": methods.MinEntModule,
         "advent": methods.AdvEntModule,
         "mcc": methods.MCCModule,
+        "mic": methods.MICModule,
     }[name]
 
 
