@@ -1,0 +1,157 @@
+"""Rare-class sampling (DAFormer, Hoyer et al., CVPR 2022): source images holding rare classes
+are drawn more often.
+
+Per-class pixel frequencies ``f_c`` over the source labels give class probabilities
+``P(c) = softmax((1 − f_c) / T)`` (T = 0.01); a class is drawn from ``P``, then an image among
+those holding at least ``min_pixels`` (3,000) pixels of it. DAFormer then re-draws the crop of that
+image until it holds enough of the class (wiring into ``UDADataModule`` is not done yet; this
+module is the sampling core).
+
+Differences from DAFormer's code: the statistics are counted from the dataset's own label reader
+(train ids) and cached in an ``.npz`` file that records the label files, so a cache made for
+other files is detected and recomputed; classes without any image above ``min_pixels`` are
+dropped from the draw and the others renormalised; draw ``k`` is a pure function of
+``(seed, k)``, so sampling resumes exactly and needs no state in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from lightning_uda.constants import IGNORE_INDEX
+
+__all__ = [
+    "RareClassSampler",
+    "class_frequencies",
+    "class_pixel_counts",
+    "load_or_compute_class_stats",
+    "rare_class_probabilities",
+]
+
+
+def _label_files(dataset: Dataset) -> list[str] | None:
+    samples = getattr(dataset, "samples", None)
+    if samples is None:
+        return None
+    return [str(mask) for _, mask in samples]
+
+
+def class_pixel_counts(
+    dataset: Dataset, num_classes: int, ignore_index: int = IGNORE_INDEX, progress: bool = True
+) -> np.ndarray:
+    """Pixels of each class in each label of ``dataset``: ``N×C`` int64.
+
+    Reads each label with the dataset's own reader (``dataset.load_mask(path)`` of
+    ``SegmentationFolder`` and its subclasses: train ids, no augmentation), else ``dataset[i]
+    ["mask"]``. ``ignore_index`` pixels are not counted.
+    """
+    from tqdm import tqdm
+
+    files = _label_files(dataset)
+    load_mask = getattr(dataset, "load_mask", None)
+    counts = np.zeros((len(dataset), num_classes), dtype=np.int64)  # type: ignore[arg-type]
+    for i in tqdm(range(len(counts)), desc="class pixel counts", disable=not progress):
+        if files is not None and callable(load_mask):
+            mask = np.asarray(load_mask(Path(files[i])))
+        else:
+            mask = np.asarray(dataset[i]["mask"])
+        values = mask[mask != ignore_index].astype(np.int64).ravel()
+        counts[i] = np.bincount(values, minlength=num_classes)[:num_classes]
+    return counts
+
+
+def load_or_compute_class_stats(
+    dataset: Dataset,
+    cache_path: str | os.PathLike,
+    num_classes: int,
+    ignore_index: int = IGNORE_INDEX,
+    progress: bool = True,
+) -> np.ndarray:
+    """:func:`class_pixel_counts`, cached in ``cache_path`` (``.npz``) with the label file list.
+
+    A cache written for other files (or another class count) is recomputed, with a warning.
+    """
+    path = Path(cache_path)
+    files = _label_files(dataset) or [f"item {i}" for i in range(len(dataset))]  # type: ignore[arg-type]
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as cached:
+            same = list(cached["files"]) == files and cached["counts"].shape[1] == num_classes
+            if same:
+                return cached["counts"].astype(np.int64)
+        warnings.warn(
+            f"class statistics in {path} were computed for other label files or classes; "
+            "recomputing them",
+            stacklevel=2,
+        )
+    counts = class_pixel_counts(dataset, num_classes, ignore_index, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, counts=counts, files=np.asarray(files))
+    return counts
+
+
+def class_frequencies(counts: np.ndarray) -> np.ndarray:
+    """``f_c`` = pixels of class c / all labelled pixels, from ``N×C`` counts: ``C`` floats."""
+    totals = np.asarray(counts, dtype=np.float64).sum(axis=0)
+    return totals / max(totals.sum(), 1.0)
+
+
+def rare_class_probabilities(frequencies: Any, temperature: float = 0.01) -> np.ndarray:
+    """``P(c) = softmax((1 − f_c) / T)`` over the classes present (``f_c > 0``); absent classes 0.
+
+    Args:
+        frequencies: ``C`` class frequencies (:func:`class_frequencies`).
+        temperature: T (DAFormer: 0.01). Smaller T puts more mass on the rarest classes.
+
+    Returns:
+        ``C`` probabilities summing to 1.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    freq = np.asarray(frequencies, dtype=np.float64)
+    present = freq > 0
+    if not present.any():
+        raise ValueError("no class has any pixel: cannot sample by class")
+    logits = (1.0 - freq[present]) / temperature
+    weights = np.exp(logits - logits.max())
+    probs = np.zeros_like(freq)
+    probs[present] = weights / weights.sum()
+    return probs
+
+
+class RareClassSampler:
+    """Draws ``(image index, class)`` pairs with rare-class sampling, resumably.
+
+    Args:
+        counts: ``N×C`` pixel counts (:func:`class_pixel_counts`).
+        temperature: T of :func:`rare_class_probabilities` (0.01).
+        min_pixels: an image is eligible for class c with at least this many pixels of it (3000).
+        seed: base seed; draw ``k`` depends only on ``(seed, k)``.
+    """
+
+    def __init__(
+        self, counts: np.ndarray, temperature: float = 0.01, min_pixels: int = 3000, seed: int = 0
+    ) -> None:
+        counts = np.asarray(counts)
+        probs = rare_class_probabilities(class_frequencies(counts), temperature)
+        self.images_with = {
+            c: np.flatnonzero(counts[:, c] >= min_pixels) for c in range(counts.shape[1])
+        }
+        eligible = np.array([len(self.images_with[c]) > 0 for c in range(counts.shape[1])])
+        probs = np.where(eligible, probs, 0.0)
+        if probs.sum() == 0:
+            raise ValueError(f"no image holds {min_pixels} pixels of any class; lower min_pixels")
+        self.probabilities = probs / probs.sum()
+        self.classes = np.flatnonzero(self.probabilities > 0)
+        self.seed = int(seed)
+
+    def draw(self, position: int) -> tuple[int, int]:
+        """The ``position``-th draw: ``(image index, class id)``."""
+        rng = np.random.default_rng([self.seed, int(position)])
+        c = int(rng.choice(self.classes, p=self.probabilities[self.classes]))
+        return int(rng.choice(self.images_with[c])), c
