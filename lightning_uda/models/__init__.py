@@ -8,6 +8,7 @@ from lightning_uda.models.segmentor import (
     CheckpointReport,
     TinyUNet,
     build_segmentor,
+    forward_with_features,
     load_checkpoint,
     parameter_groups,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "Discriminator",
     "TinyUNet",
     "build_segmentor",
+    "forward_with_features",
     "load_checkpoint",
     "parameter_groups",
 ]

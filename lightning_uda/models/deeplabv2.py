@@ -313,6 +313,12 @@ class DeepLabV2(nn.Module):
         _, layer4 = self.encoder(x)
         return self.classifier(layer4)
 
+    def forward_features(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """``(main logits, [layer3, layer4])`` from one forward (the segmentor feature contract,
+        see :func:`lightning_uda.models.forward_with_features`)."""
+        layer3, layer4 = self.encoder(x)
+        return self.classifier(layer4), [layer3, layer4]
+
     def forward_multi(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``B×3×H×W`` -> ``(main, aux)`` logits, both ``B×K×h×w`` (needs ``multi_level``).
 

@@ -193,6 +193,43 @@ class TinyUNet(nn.Module):
         """``B×C×H×W`` -> logits ``B×K×H×W``."""
         return self.classifier(self.decoder(self.encoder(x)))
 
+    def forward_features(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """``(logits, encoder features shallow → deep)`` from one forward."""
+        features = self.encoder(x)
+        return self.classifier(self.decoder(features)), features
+
+
+def forward_with_features(model: nn.Module, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """Logits and encoder features of ``images`` from a single forward (encoder run once).
+
+    The segmentor feature contract that methods looking inside the network rely on (ImageNet
+    feature distance, domain classifiers on features): the model splits into
+    ``encoder(x) -> list of feature maps, shallow → deep`` and a head turning them into logits.
+
+    - A model with ``forward_features(x) -> (logits, features)`` (DeepLabV2: ``[layer3,
+      layer4]``; TinyUNet: its encoder's list; a user's own segmentor) is called as is.
+    - segmentation-models-pytorch models: ``encoder`` → ``decoder`` → ``segmentation_head``,
+      as their ``forward`` does.
+
+    Returns:
+        ``(B×K×h×w logits, list of B×C_i×h_i×w_i features)``; the logits equal ``model(images)``.
+
+    Raises:
+        TypeError: the model offers neither; the message says what to add.
+    """
+    own = getattr(model, "forward_features", None)
+    if callable(own):
+        return own(images)
+    if isinstance(model, smp.base.SegmentationModel):
+        features = model.encoder(images)
+        logits = model.segmentation_head(model.decoder(features))
+        return logits, list(features)
+    raise TypeError(
+        f"{type(model).__name__} does not expose its features: give it a method "
+        "forward_features(x) -> (logits, [feature maps shallow → deep]) that runs the encoder "
+        "once (see lightning_uda.models.forward_with_features)."
+    )
+
 
 def parameter_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """Split ``model``'s parameters into ``(backbone, head)`` for the 1× / 10× learning rates.
@@ -802,6 +839,7 @@ __all__ = [
     "TinyUNetDecoder",
     "TinyUNetEncoder",
     "build_segmentor",
+    "forward_with_features",
     "load_checkpoint",
     "parameter_groups",
     "valid_archs",
