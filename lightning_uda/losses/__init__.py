@@ -8,9 +8,17 @@ from lightning_uda.losses.cross_entropy import (
     upsample_logits,
 )
 from lightning_uda.losses.entropy import entropy_loss, entropy_map
+from lightning_uda.losses.feature_distance import (
+    CITYSCAPES_THING_CLASSES,
+    downscale_labels,
+    feature_distance,
+)
 from lightning_uda.losses.mcc import MinimumClassConfusionLoss, minimum_class_confusion
 
 __all__ = [
+    "CITYSCAPES_THING_CLASSES",
+    "downscale_labels",
+    "feature_distance",
     "MinimumClassConfusionLoss",
     "cross_entropy",
     "entropy_loss",

@@ -9,7 +9,7 @@ from DDP's gradient buckets) and the two callbacks that drive it, :class:`EMATea
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -20,7 +20,9 @@ from torch import Tensor, nn
 from lightning_uda.callbacks import EMATeacher, PseudoLabelThreshold
 from lightning_uda.callbacks.ema import BufferMode
 from lightning_uda.callbacks.pseudo_label import Weighting
+from lightning_uda.losses import CITYSCAPES_THING_CLASSES, cross_entropy, feature_distance
 from lightning_uda.methods.base import UDAModule, check_range
+from lightning_uda.models import forward_with_features
 
 TeacherBatchNorm = Literal["train", "eval"]
 
@@ -72,6 +74,16 @@ class SelfTrainingModule(UDAModule):
         ema_alpha: teacher EMA decay (0.99 in DACS).
         ema_warmup: use DACS' warm-up ``min(1 - 1/(t+1), alpha)``.
         ema_buffers: "copy", "average" or "none" for the teacher's BatchNorm buffers.
+        feature_distance_weight: λ of DAFormer's ImageNet feature distance (0 = off; DAFormer
+            0.005): the mean L2 distance between the student's deepest encoder features of the
+            source images and those of a frozen copy of the *initial* encoder (built here, so
+            start the model from the ImageNet weights), over feature cells whose downscaled
+            source label is one of ``feature_distance_classes``; 0 when none is present. The
+            frozen copy is checkpointed and never optimised.
+        feature_distance_classes: train ids counted (default: Cityscapes' thing classes);
+            ``None`` counts every position.
+        feature_distance_min_ratio: a cell takes its majority class when it covers at least
+            this share of the cell (0.75).
         pseudo_label_crop: ``(top, bottom)`` image rows whose pseudo-label weights are set to 0
             after q is computed (DAFormer: ``(15, 120)`` on 512-row crops of 1024×512 frames:
             the ego-vehicle bonnet and rectification borders); ``(0, 0)`` = none.
@@ -99,6 +111,9 @@ class SelfTrainingModule(UDAModule):
         pseudo_label_weighting: Weighting = "uniform",
         teacher_bn: TeacherBatchNorm | None = None,
         pseudo_label_crop: tuple[int, int] = (0, 0),
+        feature_distance_weight: float = 0.0,
+        feature_distance_classes: Sequence[int] | None = CITYSCAPES_THING_CLASSES,
+        feature_distance_min_ratio: float = 0.75,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
@@ -118,6 +133,14 @@ class SelfTrainingModule(UDAModule):
                 f"{owner}: pseudo_label_crop must be (top, bottom) rows >= 0, got "
                 f"{pseudo_label_crop!r}"
             )
+        check_range(owner, "feature_distance_weight", feature_distance_weight, 0)
+        check_range(owner, "feature_distance_min_ratio", feature_distance_min_ratio, 0, 1)
+        #: Frozen copy of the initial encoder for the feature distance (None when off).
+        self.imnet_encoder = (
+            copy.deepcopy(self.model.encoder).requires_grad_(False).eval()
+            if feature_distance_weight > 0
+            else None
+        )
         teacher_bn = teacher_bn or self.default_teacher_bn
         if teacher_bn not in ("train", "eval"):
             raise ValueError(f"teacher_bn must be 'train' or 'eval', got {teacher_bn!r}")
@@ -131,7 +154,33 @@ class SelfTrainingModule(UDAModule):
         """
         super().train(mode)
         self.teacher.eval()
+        if getattr(self, "imnet_encoder", None) is not None:
+            self.imnet_encoder.eval()
         return self
+
+    def source_loss(self, source: Mapping[str, Tensor]) -> Tensor:
+        """Source CE, plus the ImageNet feature distance when ``feature_distance_weight > 0``
+        (from the same forward: the logits and features come from one encoder pass)."""
+        if self.imnet_encoder is None:
+            return super().source_loss(source)
+        images, labels = source["image"], source["mask"]
+        logits, features = forward_with_features(self.model, images)
+        loss = cross_entropy(
+            logits, labels, ignore_index=self.ignore_index, align_corners=self.align_corners
+        )
+        with torch.no_grad():
+            reference = list(self.imnet_encoder(images))[-1]
+        distance = feature_distance(
+            features[-1],
+            reference,
+            labels,
+            classes=self.hparams.feature_distance_classes,
+            num_classes=self.num_classes,
+            min_ratio=self.hparams.feature_distance_min_ratio,
+            ignore_index=self.ignore_index,
+        )
+        self.log("train/feature_distance", distance.detach(), batch_size=images.shape[0])
+        return loss + self.hparams.feature_distance_weight * distance
 
     # ------------------------------------------------------------------ callbacks
     def configure_callbacks(self) -> list[Callback]:

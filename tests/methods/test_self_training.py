@@ -84,3 +84,27 @@ def test_pseudo_label_crop_zeroes_top_and_bottom_rows_after_q():
     torch.testing.assert_close(cropped[:, 2:-3], full[:, 2:-3])
     with pytest.raises(ValueError, match="pseudo_label_crop"):
         DACSModule(**tiny_module_kwargs(), pseudo_label_crop=(-1, 0))
+
+
+def test_feature_distance_is_zero_at_the_start_and_grows_off_the_initial_encoder(tmp_path):
+    module = DACSModule(
+        **tiny_module_kwargs(), feature_distance_weight=0.005, feature_distance_classes=None
+    )
+    assert not any(p.requires_grad for p in module.imnet_encoder.parameters())
+    groups = module.segmentor_param_groups()
+    frozen = {id(p) for p in module.imnet_encoder.parameters()}
+    assert not any(id(p) in frozen for g in groups for p in g["params"])  # never optimised
+    module.eval()  # BatchNorm on running statistics: student and copy agree exactly
+    images = torch.randn(2, 3, 16, 16)
+    labels = torch.ones(2, 16, 16, dtype=torch.long)
+    plain = DACSModule(**tiny_module_kwargs())
+    plain.model.load_state_dict(module.model.state_dict())
+    plain.eval()
+    # identical encoders: the distance term is 0, the loss is the plain CE
+    torch.testing.assert_close(
+        module.source_loss({"image": images, "mask": labels}),
+        plain.source_loss({"image": images, "mask": labels}),
+    )
+    trainer = cpu_trainer(tmp_path, max_steps=3)
+    trainer.fit(module, datamodule=toy_datamodule())
+    assert trainer.callback_metrics["train/feature_distance"] > 0  # the student moved away
