@@ -5,6 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+
+# The 2-process DDP tests fork the test process (ddp_fork: fast, no re-import). A forked child
+# deadlocks in its first parallel op if the parent has started OpenMP worker threads (GNU OpenMP
+# is not fork-safe; e.g. one adaptive_avg_pool2d on 2 threads is enough). The tests' tensors are
+# tiny, so one intra-op thread costs little and keeps every fork safe, whatever ran before.
+torch.set_num_threads(1)
 
 #: Real-format test data shipped inside the repository (see tests/fixtures/README.md).
 FIXTURES_ROOT = Path(__file__).resolve().parent / "fixtures"
