@@ -28,3 +28,9 @@ def fixtures_root() -> Path:
             pytrace=False,
         )
     return FIXTURES_ROOT
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Library caches (rare-class statistics) go to a temporary folder, not ``~/.cache``."""
+    monkeypatch.setenv("LIGHTNING_UDA_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

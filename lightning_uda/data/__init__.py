@@ -7,7 +7,7 @@ Items are ``{"image": float 3×H×W, "mask": long H×W}`` with images in the run
 :data:`EVALUATION_PROTOCOLS` for how validation labels are sized.
 """
 
-from lightning_uda.data.datamodule import DomainSampler, UDADataModule
+from lightning_uda.data.datamodule import DomainSampler, RareClassDomainSampler, UDADataModule
 from lightning_uda.data.datasets import (
     GTA5,
     SYNTHIA,
@@ -31,9 +31,11 @@ from lightning_uda.data.labels import (
     TRAIN_ID_TO_CITYSCAPES_ID,
     colorize,
 )
+from lightning_uda.data.rcs import RareClassSampler, RareClassSampling, rare_class_probabilities
 from lightning_uda.data.transforms import (
     EVALUATION_PROTOCOLS,
     PRESETS,
+    CatMaxRatioCrop,
     RGBToBGR,
     normalize_transform,
     preset,
@@ -43,6 +45,7 @@ from lightning_uda.data.transforms import (
 
 __all__ = [
     "AllIgnoreLabelError",
+    "CatMaxRatioCrop",
     "CorruptImageError",
     "CITYSCAPES_CLASSES",
     "CITYSCAPES_ID_TO_TRAIN_ID",
@@ -60,6 +63,10 @@ __all__ = [
     "Cityscapes",
     "DatasetLayoutError",
     "DomainSampler",
+    "RareClassDomainSampler",
+    "RareClassSampler",
+    "RareClassSampling",
+    "rare_class_probabilities",
     "SegmentationFolder",
     "UDADataModule",
     "UnknownLabelError",

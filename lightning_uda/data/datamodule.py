@@ -27,6 +27,14 @@ without a trainer the sampler counts the batches it handed out. Under DDP, rank 
 from the trainer; the samplers subclass ``DistributedSampler``, so Lightning keeps them with the
 default ``use_distributed_sampler=True``.
 
+**Rare-class sampling** (``rare_class_sampling=RareClassSampling()``, DAFormer): the source
+stream's positions are draws of a class ``c`` with ``P(c) = softmax((1 − f_c) / T)`` and of an
+image holding more than ``min_pixels`` of it (:mod:`lightning_uda.data.rcs`) instead of a
+shuffled pass; the item's random crop is re-drawn (fresh random states derived from the item's,
+up to ``max_crop_tries``) until it holds more than ``min_crop_ratio · min_pixels`` pixels of
+``c``, and the last draw is kept otherwise. Draws are a pure function of the stream position,
+so resume and DDP sharding work as for the plain stream. The target stream is unchanged.
+
 **Augmentation randomness.** Before loading stream position ``p``, an albumentations pipeline
 (``dataset.transform``) gets a random state seeded from ``(seed, domain, rank, world size, p)``,
 so crops and flips are also reproducible, independent of ``num_workers``, and identical after a
@@ -51,6 +59,7 @@ import math
 import random
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import albumentations as A
@@ -70,9 +79,16 @@ from torch.utils.data import (
 from lightning_uda.constants import IGNORE_INDEX
 from lightning_uda.data.datasets import AllIgnoreLabelError
 from lightning_uda.data.labels import CITYSCAPES_PALETTE
+from lightning_uda.data.rcs import (
+    RareClassSampler,
+    RareClassSampling,
+    default_stats_file,
+    load_or_compute_class_stats,
+)
+from lightning_uda.data.rcs import class_pixel_counts as _count_class_pixels
 from lightning_uda.normalization import IMAGENET, InputNormalization, get_normalization
 
-__all__ = ["DomainSampler", "UDADataModule"]
+__all__ = ["DomainSampler", "RareClassDomainSampler", "UDADataModule"]
 
 #: ``() -> (batches taken so far in the run, batches taken in the current epoch)`` or ``None``.
 ProgressFn = Callable[[], "tuple[int, int] | None"]
@@ -163,6 +179,10 @@ class DomainSampler(DistributedSampler):
         cycle, offset = divmod(position, self.shard_size)
         return int(self.shard(cycle)[offset])
 
+    def key_at(self, position: int) -> tuple[int, ...]:
+        """What the loader's dataset gets for stream position ``position``: ``(index, seed)``."""
+        return self.index_at(position), self.item_seed(position)
+
     def item_seed(self, position: int) -> int:
         """Seed of the transform's random state for stream position ``position`` (uint32)."""
         entropy = [self._seed, self._domain_key, self.world_size, self.rank, position]
@@ -186,7 +206,7 @@ class DomainSampler(DistributedSampler):
     def _generate(self, start: int, count: int) -> Iterator[tuple[int, int]]:
         for batch in range(start, start + count):
             positions = range(batch * self.batch_size, (batch + 1) * self.batch_size)
-            keys = [(self.index_at(p), self.item_seed(p)) for p in positions]
+            keys = [self.key_at(p) for p in positions]
             # Counted as handed out before its last element is taken: a consumer that stops
             # after a full batch must not see it again on the next iter().
             self._next_batch = batch + 1
@@ -205,18 +225,42 @@ class DomainSampler(DistributedSampler):
         self._next_batch = int(state["next_batch"])
 
 
-class _DomainItems(Dataset):
-    """Wraps a domain's dataset for the sampler's ``(index, item_seed)`` keys."""
+class RareClassDomainSampler(DomainSampler):
+    """:class:`DomainSampler` whose stream positions are rare-class draws (DAFormer's RCS).
 
-    def __init__(self, dataset: Dataset, keep_mask: bool) -> None:
+    Stream position ``p`` of rank ``r`` (of ``W``) is draw ``p·W + r`` of ``rcs`` (a
+    :class:`~lightning_uda.data.rcs.RareClassSampler`): an ``(image, class)`` pair, a pure function
+    of ``(seed, p, r, W)`` like the plain stream, so a resume continues exactly. Ranks take
+    disjoint draws. Keys are ``(index, item_seed, class)``; the loader's dataset re-draws the crop
+    until it holds enough of the class (see :class:`UDADataModule`).
+    """
+
+    def __init__(self, dataset_size: int, rcs: RareClassSampler, **kwargs: Any) -> None:
+        super().__init__(dataset_size, **kwargs)
+        self.rcs = rcs
+
+    def key_at(self, position: int) -> tuple[int, ...]:
+        index, cls = self.rcs.draw(position * self.world_size + self.rank)
+        return index, self.item_seed(position), cls
+
+    def index_at(self, position: int) -> int:
+        return int(self.key_at(position)[0])
+
+
+class _DomainItems(Dataset):
+    """Wraps a domain's dataset for the sampler's ``(index, item_seed[, class])`` keys."""
+
+    def __init__(
+        self, dataset: Dataset, keep_mask: bool, rcs: RareClassSampling | None = None
+    ) -> None:
         self.dataset = dataset
         self.keep_mask = keep_mask
+        self.rcs = rcs
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        index, item_seed = key
+    def _load(self, index: int, item_seed: int) -> dict[str, Any]:
         transform = getattr(self.dataset, "transform", None)
         if isinstance(transform, A.BaseCompose):
             # One generator shared by all the pipeline's transforms (set_random_seed would give
@@ -228,7 +272,19 @@ class _DomainItems(Dataset):
                 f"{type(self.dataset).__name__}[{index}] returned {type(item).__name__}; "
                 'UDADataModule needs dict items {"image": ..., "mask": ...}'
             )
-        item = dict(item)
+        return dict(item)
+
+    def __getitem__(self, key: tuple[int, ...]) -> dict[str, Any]:
+        index, item_seed = key[0], key[1]
+        item = self._load(index, item_seed)
+        if len(key) == 3 and self.rcs is not None and self.rcs.min_crop_ratio > 0:
+            # Rare-class sampling: re-draw the (random) crop until it holds enough of the class.
+            cls = key[2]
+            for attempt in range(1, self.rcs.max_crop_tries):
+                if float((np.asarray(item["mask"]) == cls).sum()) > self.rcs.min_crop_pixels:
+                    break
+                retry_seed = np.random.SeedSequence([item_seed, attempt]).generate_state(1)[0]
+                item = self._load(index, int(retry_seed))
         if not self.keep_mask:
             item.pop("mask", None)
         item["index"] = index
@@ -314,6 +370,7 @@ class _StreamLoader(DataLoader):
             "world_size": sampler.world_size,
             "batch_size": sampler.batch_size,
             "dataset_size": sampler.dataset_size,
+            "rare_class_sampling": isinstance(sampler, RareClassDomainSampler),
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -355,6 +412,15 @@ class UDADataModule(L.LightningDataModule):
         persistent_workers: keep workers alive between epochs (when ``num_workers > 0``).
         class_subsets: metric name → evaluated train ids; default: the source dataset's
             ``class_subsets`` if it defines any (SYNTHIA: mIoU16/mIoU13), else the val set's.
+        label_check_items: source labels read at the start of fit to catch all-void labels
+            (:meth:`check_source_labels`); 0 skips the check.
+        all_ignore_warn_fraction: warn when at least this share of the checked labels is void.
+        rare_class_sampling: draw source images by DAFormer's rare-class sampling instead of
+            the plain shuffled stream: a :class:`~lightning_uda.data.rcs.RareClassSampling`
+            (``True`` for its defaults: T 0.01, more than 3,000 pixels per image, crop re-drawn
+            up to 10 times until it holds more than 0.5 × 3,000 pixels of the drawn class).
+            The per-image class counts are computed once in :meth:`prepare_data` (progress bar)
+            and cached (``stats_file``). Resumable and DDP-aware like the plain stream.
 
     Raises:
         ValueError: datasets whose ``classes`` differ (both lists are shown), datasets in
@@ -388,8 +454,24 @@ class UDADataModule(L.LightningDataModule):
         class_subsets: Mapping[str, Sequence[int]] | None = None,
         label_check_items: int = 16,
         all_ignore_warn_fraction: float = 0.25,
+        rare_class_sampling: RareClassSampling | bool | None = None,
     ) -> None:
         super().__init__()
+        if rare_class_sampling is True:
+            rare_class_sampling = RareClassSampling()
+        elif rare_class_sampling is False:
+            rare_class_sampling = None
+        elif isinstance(rare_class_sampling, Mapping):
+            rare_class_sampling = RareClassSampling(**rare_class_sampling)
+        if rare_class_sampling is not None and not isinstance(
+            rare_class_sampling, RareClassSampling
+        ):
+            raise TypeError(
+                "UDADataModule: rare_class_sampling must be a RareClassSampling, True, a dict of "
+                f"its fields or None; got {rare_class_sampling!r}"
+            )
+        self.rare_class_sampling = rare_class_sampling
+        self._rcs_counts: np.ndarray | None = None
         if label_check_items < 0 or not 0.0 < all_ignore_warn_fraction <= 1.0:
             raise ValueError(
                 "UDADataModule: label_check_items must be >= 0 and all_ignore_warn_fraction in "
@@ -525,6 +607,44 @@ class UDADataModule(L.LightningDataModule):
             return {k: list(v) for k, v in source.items()}
         return {k: list(v) for k, v in getattr(self.val, "class_subsets", default).items()}
 
+    # ------------------------------------------------------------------ rare-class sampling
+    def _rcs_stats_file(self) -> Path | None:
+        assert self.rare_class_sampling is not None
+        given = self.rare_class_sampling.stats_file
+        return Path(given).expanduser() if given else default_stats_file(self.source)
+
+    def class_pixel_counts(self) -> np.ndarray:
+        """``N×C`` pixels of each class in each source label (rare-class sampling statistics).
+
+        Read from the cache file when it matches the source's label files, else counted (with a
+        progress bar) and written to it (see :class:`~lightning_uda.data.rcs.RareClassSampling`).
+        """
+        if self._rcs_counts is None:
+            if self.rare_class_sampling is None:
+                raise ValueError("UDADataModule: rare_class_sampling is off")
+            stats_file = self._rcs_stats_file()
+            if stats_file is None:
+                self._rcs_counts = _count_class_pixels(
+                    self.source, self.num_classes, self.ignore_index, progress=True
+                )
+            else:
+                self._rcs_counts = load_or_compute_class_stats(
+                    self.source, stats_file, self.num_classes, self.ignore_index, progress=True
+                )
+        return self._rcs_counts
+
+    def prepare_data(self) -> None:
+        """Count the source classes for rare-class sampling once (rank 0), into the cache file."""
+        if self.rare_class_sampling is not None and self._rcs_stats_file() is not None:
+            self.class_pixel_counts()
+
+    def _rare_class_sampler(self) -> RareClassSampler:
+        rcs = self.rare_class_sampling
+        assert rcs is not None
+        return RareClassSampler(
+            self.class_pixel_counts(), rcs.temperature, rcs.min_pixels, seed=self.seed
+        )
+
     # ------------------------------------------------------------------ training stream
     def _rank_world(self) -> tuple[int, int]:
         if self.trainer is not None:
@@ -554,8 +674,7 @@ class UDADataModule(L.LightningDataModule):
         self, domain: str, dataset: Dataset, batch_size: int, keep_mask: bool
     ) -> DataLoader:
         rank, world = self._rank_world()
-        sampler = DomainSampler(
-            len(dataset),  # type: ignore[arg-type]
+        options: dict[str, Any] = dict(
             batch_size=batch_size,
             steps_per_epoch=self.steps_per_epoch,
             seed=self.seed,
@@ -564,11 +683,20 @@ class UDADataModule(L.LightningDataModule):
             world_size=world,
             progress=self._loop_progress,
         )
+        rcs = self.rare_class_sampling if domain == "source" else None
+        if rcs is not None:
+            sampler: DomainSampler = RareClassDomainSampler(
+                len(dataset),  # type: ignore[arg-type]
+                rcs=self._rare_class_sampler(),
+                **options,
+            )
+        else:
+            sampler = DomainSampler(len(dataset), **options)  # type: ignore[arg-type]
         generator = torch.Generator().manual_seed(
             (self.seed * 1_000_003 + _domain_key(domain) * 97 + rank) % 2**63
         )
         return _StreamLoader(
-            _DomainItems(dataset, keep_mask=keep_mask),
+            _DomainItems(dataset, keep_mask=keep_mask, rcs=rcs),
             batch_size=batch_size,
             sampler=sampler,
             num_workers=self.num_workers,

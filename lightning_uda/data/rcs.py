@@ -11,13 +11,18 @@ Differences from DAFormer's code: the statistics are counted from the dataset's 
 (train ids) and cached in an ``.npz`` file that records the label files, so a cache made for
 other files is detected and recomputed; classes without any image above ``min_pixels`` are
 dropped from the draw and the others renormalised; draw ``k`` is a pure function of
-``(seed, k)``, so sampling resumes exactly and needs no state in the checkpoint.
+``(seed, k)``, so sampling resumes exactly and needs no state in the checkpoint; under DDP each
+rank takes its own draws (rank ``r`` of ``W`` takes draws ``r, r + W, ...``), where DAFormer ran on
+one GPU. DAFormer's Cityscapes target crops also use ``cat_max_ratio`` on the *target labels*; here
+the target stays unlabelled (the ``cat_max_ratio`` presets apply to the source only).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +33,10 @@ from lightning_uda.constants import IGNORE_INDEX
 
 __all__ = [
     "RareClassSampler",
+    "RareClassSampling",
     "class_frequencies",
     "class_pixel_counts",
+    "default_stats_file",
     "load_or_compute_class_stats",
     "rare_class_probabilities",
 ]
@@ -91,8 +98,26 @@ def load_or_compute_class_stats(
         )
     counts = class_pixel_counts(dataset, num_classes, ignore_index, progress)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, counts=counts, files=np.asarray(files))
+    # Written under another name and renamed, so that a reader (another rank) never sees half.
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial.npz")
+    np.savez(partial, counts=counts, files=np.asarray(files))
+    os.replace(partial, path)
     return counts
+
+
+def default_stats_file(dataset: Dataset) -> Path | None:
+    """Where :class:`RareClassSampling` caches ``dataset``'s class counts when not told.
+
+    ``$LIGHTNING_UDA_CACHE`` (default ``~/.cache/lightning_uda``) ``/class_stats_<hash>.npz``,
+    the hash taken over the dataset's label file paths; ``None`` for datasets without label
+    files (in-memory ones are counted again each run).
+    """
+    files = _label_files(dataset)
+    if not files:
+        return None
+    digest = hashlib.sha1("\n".join(files).encode()).hexdigest()[:16]
+    root = Path(os.environ.get("LIGHTNING_UDA_CACHE", Path.home() / ".cache" / "lightning_uda"))
+    return root.expanduser() / f"class_stats_{digest}.npz"
 
 
 def class_frequencies(counts: np.ndarray) -> np.ndarray:
@@ -130,7 +155,7 @@ class RareClassSampler:
     Args:
         counts: ``N×C`` pixel counts (:func:`class_pixel_counts`).
         temperature: T of :func:`rare_class_probabilities` (0.01).
-        min_pixels: an image is eligible for class c with at least this many pixels of it (3000).
+        min_pixels: an image is eligible for class c with more than this many pixels of it (3000).
         seed: base seed; draw ``k`` depends only on ``(seed, k)``.
     """
 
@@ -140,12 +165,14 @@ class RareClassSampler:
         counts = np.asarray(counts)
         probs = rare_class_probabilities(class_frequencies(counts), temperature)
         self.images_with = {
-            c: np.flatnonzero(counts[:, c] >= min_pixels) for c in range(counts.shape[1])
+            c: np.flatnonzero(counts[:, c] > min_pixels) for c in range(counts.shape[1])
         }
         eligible = np.array([len(self.images_with[c]) > 0 for c in range(counts.shape[1])])
         probs = np.where(eligible, probs, 0.0)
         if probs.sum() == 0:
-            raise ValueError(f"no image holds {min_pixels} pixels of any class; lower min_pixels")
+            raise ValueError(
+                f"no image holds more than {min_pixels} pixels of any class; lower min_pixels"
+            )
         self.probabilities = probs / probs.sum()
         self.classes = np.flatnonzero(self.probabilities > 0)
         self.seed = int(seed)
@@ -155,3 +182,44 @@ class RareClassSampler:
         rng = np.random.default_rng([self.seed, int(position)])
         c = int(rng.choice(self.classes, p=self.probabilities[self.classes]))
         return int(rng.choice(self.images_with[c])), c
+
+
+@dataclass(frozen=True)
+class RareClassSampling:
+    """Rare-class sampling settings of :class:`~lightning_uda.data.UDADataModule` (DAFormer's).
+
+    Args:
+        temperature: T of :func:`rare_class_probabilities` (0.01).
+        min_pixels: an image is drawn for class c only if its label holds more than this many
+            pixels of c (3000).
+        min_crop_ratio: the image's random crop is re-drawn until it holds more than
+            ``min_crop_ratio · min_pixels`` pixels of the drawn class (0.5); 0 disables it.
+        max_crop_tries: crops drawn at most (10; the last one is kept if none qualifies).
+        stats_file: ``.npz`` cache of the per-image class pixel counts. ``None``: a file named
+            after the label files under ``$LIGHTNING_UDA_CACHE`` (default
+            ``~/.cache/lightning_uda``) for datasets read from files, no cache for others.
+            Computed once (with a progress bar) in ``prepare_data``; a cache written for other
+            label files is recomputed.
+    """
+
+    temperature: float = 0.01
+    min_pixels: int = 3000
+    min_crop_ratio: float = 0.5
+    max_crop_tries: int = 10
+    stats_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0 or self.min_pixels < 0 or self.min_crop_ratio < 0:
+            raise ValueError(
+                "RareClassSampling: temperature must be > 0 and min_pixels, min_crop_ratio >= 0; "
+                f"got {self.temperature}, {self.min_pixels}, {self.min_crop_ratio}"
+            )
+        if self.max_crop_tries < 1:
+            raise ValueError(
+                f"RareClassSampling: max_crop_tries must be >= 1, got {self.max_crop_tries}"
+            )
+
+    @property
+    def min_crop_pixels(self) -> float:
+        """Pixels of the drawn class a crop must exceed (``min_crop_ratio · min_pixels``)."""
+        return self.min_crop_ratio * self.min_pixels

@@ -34,18 +34,22 @@ Presets (:func:`preset`), from DACS (Tranheden et al., WACV 2021, and its code):
 images are resized, then a random 512 × 512 crop is taken; no flip (DACS' loaders have it
 commented out); evaluation at 512 × 1024, by default with the ``"full"`` protocol.
 
-========================  ==============  ============  ======  ===========
-name                      resize (h, w)   crop (h, w)   flip    protocol
-========================  ==============  ============  ======  ===========
-``gta5_train``            (720, 1280)     (512, 512)    no      --
-``cityscapes_train``      (512, 1024)     (512, 512)    no      --
-``synthia_train``         (760, 1280)     (512, 512)    no      --
-``cityscapes_val``        (512, 1024)     --            no      ``full``
-``cityscapes_val_dacs``   (512, 1024)     --            no      ``dacs``
-``normalize``             --              --            no      --
-========================  ==============  ============  ======  ===========
+=============================  =============  ===========  ====  ========
+name                           resize (h, w)  crop (h, w)  flip  protocol
+=============================  =============  ===========  ====  ========
+``gta5_train``                 (720, 1280)    (512, 512)   no    --
+``cityscapes_train``           (512, 1024)    (512, 512)   no    --
+``synthia_train``              (760, 1280)    (512, 512)   no    --
+``gta5_train_daformer``        (720, 1280)    (512, 512)*  yes   --
+``synthia_train_daformer``     (760, 1280)    (512, 512)*  yes   --
+``cityscapes_train_daformer``  (512, 1024)    (512, 512)   yes   --
+``cityscapes_val``             (512, 1024)    --           no    ``full``
+``cityscapes_val_dacs``        (512, 1024)    --           no    ``dacs``
+``normalize``                  --             --           no    --
+=============================  =============  ===========  ====  ========
 
-Every preset takes ``normalization=...`` (default ``"imagenet"``).
+Every preset takes ``normalization=...`` (default ``"imagenet"``). ``*``: ``cat_max_ratio=0.75``
+(:class:`CatMaxRatioCrop`). The ``_daformer`` presets are DAFormer's and MIC's pipelines.
 
 Example:
     >>> import numpy as np
@@ -75,6 +79,7 @@ from lightning_uda.normalization import InputNormalization, NormalizationLike, g
 __all__ = [
     "EVALUATION_PROTOCOLS",
     "PRESETS",
+    "CatMaxRatioCrop",
     "RGBToBGR",
     "normalize_transform",
     "preset",
@@ -110,6 +115,64 @@ class RGBToBGR(A.ImageOnlyTransform):
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ()
+
+
+class CatMaxRatioCrop(A.RandomCrop):
+    """``A.RandomCrop`` that re-draws crops dominated by one class (mmseg's ``cat_max_ratio``).
+
+    After the first random position, up to ``tries`` times: if the crop's label holds at least
+    two classes (ignore excluded) and the largest covers less than ``cat_max_ratio`` of the
+    labelled pixels, keep it; otherwise draw a new position. The last drawn position is kept when
+    none qualified (as mmseg's ``RandomCrop``, used by DAFormer with ``cat_max_ratio=0.75``).
+    Crops of an image smaller than the crop (padded) and calls without a mask are not checked.
+
+    Args:
+        height, width: crop size.
+        cat_max_ratio: largest allowed share of one class (1.0 disables the check).
+        ignore_index: label value not counted (255).
+        tries: checks before the last position is kept (10).
+        **kwargs: ``A.RandomCrop``'s (``pad_if_needed``, ``fill``, ...).
+    """
+
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        cat_max_ratio: float = 0.75,
+        ignore_index: int = IGNORE_INDEX,
+        tries: int = 10,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(height=height, width=width, **kwargs)
+        if not 0.0 < cat_max_ratio <= 1.0:
+            raise ValueError(f"cat_max_ratio must be in (0, 1], got {cat_max_ratio}")
+        self.cat_max_ratio = cat_max_ratio
+        self.ignore_index = ignore_index
+        self.tries = tries
+
+    def _acceptable(self, mask: np.ndarray, coords: tuple[int, int, int, int]) -> bool:
+        x_min, y_min, x_max, y_max = coords
+        crop = mask[y_min:y_max, x_min:x_max]
+        values, counts = np.unique(crop, return_counts=True)
+        counts = counts[values != self.ignore_index]
+        return len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio
+
+    def get_params_dependent_on_data(
+        self, params: dict[str, Any], data: dict[str, Any]
+    ) -> dict[str, Any]:
+        out = super().get_params_dependent_on_data(params, data)
+        mask = data.get("mask")
+        if self.cat_max_ratio >= 1.0 or mask is None or out["pad_params"] is not None:
+            return out
+        mask = np.asarray(mask)
+        for _ in range(self.tries):
+            if self._acceptable(mask, out["crop_coords"]):
+                break
+            out = super().get_params_dependent_on_data(params, data)
+        return out
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return (*super().get_transform_init_args_names(), "cat_max_ratio", "ignore_index", "tries")
 
 
 class _ResizeImageOnly(A.Resize):
@@ -168,6 +231,7 @@ def train_transform(
     flip: bool = True,
     extra: Sequence[A.BasicTransform] | None = None,
     normalization: NormalizationLike = "imagenet",
+    cat_max_ratio: float = 1.0,
 ) -> A.Compose:
     """Training pipeline: resize → random crop (padded if needed) → flip → extra → normalise.
 
@@ -180,6 +244,9 @@ def train_transform(
             (on uint8 RGB images).
         normalization: the input space of the output images (``"imagenet"``, ``"caffe"`` or an
             :class:`~lightning_uda.normalization.InputNormalization`).
+        cat_max_ratio: below 1, crops where one class covers at least this share of the
+            labelled pixels are re-drawn (up to 10 times, :class:`CatMaxRatioCrop`; DAFormer's
+            source crops: 0.75). Needs the mask; unlabelled (target) pipelines are unaffected.
 
     Returns:
         An ``A.Compose``; ``out = t(image=H×W×3 uint8, mask=H×W uint8)`` gives
@@ -194,9 +261,10 @@ def train_transform(
         steps.append(_resize(size))
     if (crop_size := _size(crop, "crop")) is not None:
         steps.append(
-            A.RandomCrop(
+            CatMaxRatioCrop(
                 height=crop_size[0],
                 width=crop_size[1],
+                cat_max_ratio=cat_max_ratio,
                 pad_if_needed=True,
                 border_mode=cv2.BORDER_CONSTANT,
                 fill=0,
@@ -265,6 +333,22 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cityscapes_train": {"resize": (512, 1024), "crop": (512, 512), "flip": False},
     # SYNTHIA-RAND-CITYSCAPES is natively 1280×760; crops as for GTA5.
     "synthia_train": {"resize": (760, 1280), "crop": (512, 512), "flip": False},
+    # DAFormer/MIC: the same sizes, flips with p 0.5, source crops re-drawn while one class
+    # covers > 75% (mmseg's cat_max_ratio; DAFormer applies it to target crops too, using the
+    # target labels, which an unsupervised run does not have).
+    "gta5_train_daformer": {
+        "resize": (720, 1280),
+        "crop": (512, 512),
+        "flip": True,
+        "cat_max_ratio": 0.75,
+    },
+    "synthia_train_daformer": {
+        "resize": (760, 1280),
+        "crop": (512, 512),
+        "flip": True,
+        "cat_max_ratio": 0.75,
+    },
+    "cityscapes_train_daformer": {"resize": (512, 1024), "crop": (512, 512), "flip": True},
     # Cityscapes val fed at 1024×512, scored on the full-resolution labels (AdvEnt, DAFormer,
     # MIC, the official evaluation).
     "cityscapes_val": {"resize": (512, 1024), "protocol": "full"},
@@ -278,8 +362,9 @@ def preset(name: str, normalization: NormalizationLike = "imagenet", **overrides
     """A named pipeline from :data:`PRESETS`, optionally with some arguments overridden.
 
     Args:
-        name: one of ``gta5_train``, ``cityscapes_train``, ``synthia_train`` (built with
-            :func:`train_transform`), ``cityscapes_val``, ``cityscapes_val_dacs``
+        name: one of ``gta5_train``, ``cityscapes_train``, ``synthia_train`` and their
+            ``_daformer`` variants (built with :func:`train_transform`), ``cityscapes_val``,
+            ``cityscapes_val_dacs``
             (:func:`val_transform`, protocols ``"full"`` and ``"dacs"``) or ``normalize``.
         normalization: the input space of the output images (see :func:`train_transform`).
         **overrides: arguments for the underlying function, e.g. ``flip=True`` or
