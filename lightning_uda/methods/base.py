@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from lightning_uda.constants import IGNORE_INDEX
+from lightning_uda.inference import INFERENCE_MODES, sliding_window_logits
 from lightning_uda.losses import MinimumClassConfusionLoss, cross_entropy, upsample_logits
 from lightning_uda.models import build_segmentor, parameter_groups
 from lightning_uda.normalization import InputNormalization, NormalizationLike, get_normalization
@@ -185,6 +186,13 @@ class UDAModule(LightningModule):
             ``fit`` fails at the start if the datamodule's datasets normalise differently.
         align_corners: upsample logits with ``align_corners=True`` in the losses, pseudo-labels
             and evaluation, as DACS' and AdvEnt's code do (default ``False``, as mmseg/DAFormer).
+        inference: how validation, test and predict run the student: ``"whole"`` (default; one
+            forward on the whole image, as DACS, AdvEnt and DAFormer evaluate at 1024×512) or
+            ``"slide"``: overlapping ``slide_window`` windows every ``slide_stride`` pixels,
+            their logits averaged (:func:`lightning_uda.inference.sliding_window_logits`), for
+            images larger than the training crop (e.g. full-resolution 2048×1024 Cityscapes).
+        slide_window: ``(height, width)`` of a window (the training crop: 512×512).
+        slide_stride: ``(height, width)`` between windows (341×341, 2/3 of the window).
     """
 
     def __init__(
@@ -219,6 +227,9 @@ class UDAModule(LightningModule):
         seed: int = 0,
         normalization: NormalizationLike | None = None,
         align_corners: bool = False,
+        inference: str = "whole",
+        slide_window: tuple[int, int] = (512, 512),
+        slide_stride: tuple[int, int] = (341, 341),
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
@@ -259,6 +270,16 @@ class UDAModule(LightningModule):
             else getattr(model, "input_normalization", None)
         )
         self.align_corners = bool(align_corners)
+        if inference not in INFERENCE_MODES:
+            raise ValueError(
+                f"{owner}: inference must be one of {INFERENCE_MODES}, got {inference!r}"
+            )
+        for name, pair in (("slide_window", slide_window), ("slide_stride", slide_stride)):
+            if len(pair) != 2 or min(int(v) for v in pair) < 1:
+                raise ValueError(f"{owner}: {name} must be (height, width) >= 1, got {pair!r}")
+        self.inference = inference
+        self.slide_window = (int(slide_window[0]), int(slide_window[1]))
+        self.slide_stride = (int(slide_stride[0]), int(slide_stride[1]))
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self._class_names = list(class_names) if class_names is not None else None
@@ -297,9 +318,22 @@ class UDAModule(LightningModule):
         """``B×K×h×w`` logits → ``B×K×H×W`` with the module's ``align_corners`` rule."""
         return upsample_logits(logits, size, align_corners=self.align_corners)
 
+    def infer(self, images: Tensor) -> Tensor:
+        """Evaluation logits of the student: one forward (``inference="whole"``, at the model's
+        output stride) or averaged sliding windows (``"slide"``, at the image resolution)."""
+        if self.inference == "slide":
+            return sliding_window_logits(
+                self.model,
+                images,
+                self.slide_window,
+                self.slide_stride,
+                align_corners=self.align_corners,
+            )
+        return self.model(images)
+
     def segment(self, images: Tensor, size: tuple[int, int] | None = None) -> Tensor:
-        """Logits ``B×K×H'×W'`` upsampled to ``size`` (default: the image size)."""
-        return self.upsample(self.model(images), size or tuple(images.shape[-2:]))
+        """Evaluation logits (:meth:`infer`) upsampled to ``size`` (default: the image size)."""
+        return self.upsample(self.infer(images), size or tuple(images.shape[-2:]))
 
     @property
     def class_names(self) -> list[str]:
@@ -753,7 +787,7 @@ class UDAModule(LightningModule):
         Cityscapes labelId PNGs at the original resolution), else the image size.
         """
         images = batch["image"]
-        logits = self.model(images)
+        logits = self.infer(images)
         sizes = batch.get("orig_size")
         preds = []
         for i in range(images.shape[0]):

@@ -1,4 +1,4 @@
-"""Mixing (torch only): ClassMix masks, mask-based mixing, DACS strong augmentation, MIC masks."""
+"""Mixing (torch only): ClassMix masks and mixing, DACS strong augmentation, MIC masks, FDA."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ from lightning_uda.mixing.augment import (
     blur_kernel_size,
 )
 from lightning_uda.mixing.classmix import MIX_MODES, class_mix_mask, mix
+from lightning_uda.mixing.fda import (
+    fda_low_frequency_mask,
+    fda_window_size,
+    fourier_domain_adaptation,
+)
 from lightning_uda.mixing.masking import block_mask
 
 __all__ = [
@@ -21,5 +26,8 @@ __all__ = [
     "block_mask",
     "blur_kernel_size",
     "class_mix_mask",
+    "fda_low_frequency_mask",
+    "fda_window_size",
+    "fourier_domain_adaptation",
     "mix",
 ]
