@@ -24,13 +24,15 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from torch.utils.data import Dataset
 
 from lightning_uda.callbacks import ChecksummedCheckpointIO, SegmentationPanels
-from lightning_uda.data import Cityscapes, UDADataModule, preset
+from lightning_uda.data import Cityscapes, RareClassSampling, UDADataModule, preset
 from lightning_uda.data.transforms import EVALUATION_PROTOCOLS, PRESETS
 from lightning_uda.methods import (
     AdvEntModule,
     ClassMixModule,
     DACSModule,
+    DAFormerModule,
     MCCModule,
+    MICModule,
     MinEntModule,
     SourceOnlyModule,
     UDAModule,
@@ -42,6 +44,11 @@ COCO_INIT = (
     "resnet101COCO-41f33a49.pth",
     "MS-COCO DeepLab-v2 ResNet-101 (Caffe layout); DACS' trainUDA.py (vikolss/DACS) downloads "
     "it from the AdvSemiSeg project (hfslyc/AdvSemiSeg), whose README links it",
+)
+MIT_B5_INIT = (
+    "mit_b5.pth",
+    "SegFormer's ImageNet-1k MiT-B5 (mmseg key names); the DAFormer README (lhoyer/DAFormer, "
+    "'Setup') links it from SegFormer's release, expected in pretrained/",
 )
 IMAGENET_INIT = (
     "DeepLab_resnet_pretrained_imagenet.pth",
@@ -83,6 +90,11 @@ class PaperRecipe:
     discriminator_lr: float | None = None
     min_batch_per_device: int = 1  # ClassMix pairs images within a device's batch
     differences: tuple[str, ...] = ()  # what the library runs differently, named
+    arch: str = "deeplabv2"
+    default_encoder: str = "resnet101"
+    optimizer_recipe: dict[str, Any] = field(default_factory=lambda: dict(SGD_RECIPE))
+    preset_suffix: str = ""  # "_daformer": flips + cat_max_ratio source crops
+    rare_class_sampling: bool = False
 
 
 #: DACS' exactness switches (its code's semantics).
@@ -98,11 +110,48 @@ _SELF_TRAINING = {
     "pseudo_label_weighting": "uniform",
     "teacher_bn": "train",
 }
-_COMMON_DIFFERENCES = (
+_DACS_EVALUATION = (
     "Evaluation: the 'full' protocol by default (image at 1024×512, logits upsampled to the "
-    "2048×1024 labels); '--eval-protocol dacs' evaluates as DACS' evaluateUDA.py.",
+    "2048×1024 labels); '--eval-protocol dacs' evaluates as DACS' evaluateUDA.py."
+)
+_COMMON_DIFFERENCES = (
     "Images are resized with OpenCV (area when downscaling, bilinear otherwise); the references "
     "use PIL's bicubic resize. Labels are resized nearest in both.",
+)
+
+#: DAFormer's recipe (lhoyer/DAFormer gta2cs_uda_warm_fdthings_rcs_croppl_a999_daformer_mitb5):
+#: the DAFormerModule defaults, spelled out so that --print-recipe shows them.
+_DAFORMER_OPTIMIZER: dict[str, Any] = {
+    "arch": "daformer",
+    "optimizer": "adamw",
+    "weight_decay": 0.01,
+    "betas": (0.9, 0.999),
+    "head_lr_mult": 10.0,
+    "no_decay_keys": ("norm", "pos_block"),
+    "poly_power": 1.0,
+    "warmup_steps": 1500,
+    "warmup_ratio": 1e-6,
+}
+_DAFORMER_METHOD: dict[str, Any] = {
+    "ema_alpha": 0.999,
+    "pseudo_label_threshold": 0.968,
+    "pseudo_label_weighting": "uniform",
+    "teacher_bn": "train",
+    "pseudo_label_crop": (15, 120),
+    "feature_distance_weight": 0.005,
+    "mix_mode": "batch_union",
+    "mix_include_ignore": True,
+    "jitter_strength": 0.2,
+    "jitter_p": 0.8,
+    "jitter_semantics": "kornia05",
+    "augment_decision": "per_batch",
+}
+_DAFORMER_DIFFERENCES = (
+    "DAFormer's teacher pseudo-labels with its head's dropout active (train mode); the library's "
+    "train-mode teacher uses batch statistics with dropout off.",
+    "DAFormer re-draws target crops by cat_max_ratio on the target labels; here target crops "
+    "are plain random crops (the target is unlabelled).",
+    "Rare-class sampling draws per device under DDP (DAFormer ran on one GPU).",
 )
 
 RECIPES: dict[str, PaperRecipe] = {
@@ -143,6 +192,7 @@ RECIPES: dict[str, PaperRecipe] = {
         snapshot_every=5_000,
         published={"gta5": "52.1", "synthia": "48.3 (mIoU16) / 54.8 (mIoU13)"},
         differences=(
+            _DACS_EVALUATION,
             "DACS' published numbers use its own evaluation (labels nearest-resized to "
             "1024×512): pass '--eval-protocol dacs' to compare like with like.",
             "The teacher's BatchNorm running statistics are not updated by its train-mode "
@@ -171,6 +221,7 @@ RECIPES: dict[str, PaperRecipe] = {
         min_batch_per_device=2,
         published={},
         differences=(
+            _DACS_EVALUATION,
             "ClassMix is a semi-supervised method: there is no published GTA5→Cityscapes number; "
             "DACS reports naive target-target mixing as a failure mode.",
         ),
@@ -229,6 +280,59 @@ RECIPES: dict[str, PaperRecipe] = {
             "see AdvEntModule).",
         ),
     ),
+    "daformer": PaperRecipe(
+        method="daformer",
+        paper="DAFormer (Hoyer et al., CVPR 2022; lhoyer/DAFormer, MiT-B5, RCS, FD, warm-up)",
+        module_cls=DAFormerModule,
+        module_kwargs=dict(_DAFORMER_METHOD),
+        dilations=(1, 6, 12, 18),
+        multi_level=False,
+        init=MIT_B5_INIT,
+        batch_size=2,
+        crop=(512, 512),
+        lr=6e-5,
+        schedule_steps=40_000,
+        stop_steps=40_000,
+        snapshot_every=4_000,
+        published={"gta5": "68.3", "synthia": "60.9 (mIoU16) / 67.4 (mIoU13)"},
+        differences=_DAFORMER_DIFFERENCES,
+        arch="daformer",
+        default_encoder="mit_b5",
+        optimizer_recipe=dict(_DAFORMER_OPTIMIZER),
+        preset_suffix="_daformer",
+        rare_class_sampling=True,
+    ),
+    "mic": PaperRecipe(
+        method="mic",
+        paper="MIC (Hoyer et al., CVPR 2023; lhoyer/MIC) on DAFormer: masked image consistency",
+        module_cls=MICModule,
+        module_kwargs={
+            **_DAFORMER_METHOD,
+            "masked_consistency_weight": 1.0,
+            "mask_block_size": 64,
+            "mask_ratio": 0.7,
+        },
+        dilations=(1, 6, 12, 18),
+        multi_level=False,
+        init=MIT_B5_INIT,
+        batch_size=2,
+        crop=(512, 512),
+        lr=6e-5,
+        schedule_steps=40_000,
+        stop_steps=40_000,
+        snapshot_every=4_000,
+        published={"gta5": "70.6 (on DAFormer; 75.9 on HRDA, not implemented here)"},
+        differences=(
+            *_DAFORMER_DIFFERENCES,
+            "MIC's headline numbers use HRDA's multi-resolution training; this recipe is MIC on "
+            "DAFormer (the paper's Table 1 row).",
+        ),
+        arch="daformer",
+        default_encoder="mit_b5",
+        optimizer_recipe=dict(_DAFORMER_OPTIMIZER),
+        preset_suffix="_daformer",
+        rare_class_sampling=True,
+    ),
     "mcc": PaperRecipe(
         method="mcc",
         paper="MCC (Jin et al., ECCV 2020) as a target regulariser, on AdvEnt's training recipe",
@@ -278,42 +382,104 @@ class ResolvedRecipe:
     sync_batchnorm: bool
     encoder: str = "resnet101"
     notes: list[str] = field(default_factory=list)
+    inference: str = "whole"
+    slide_window: tuple[int, int] = (512, 512)
+    slide_stride: tuple[int, int] = (341, 341)
+
+    @property
+    def warmup_steps(self) -> int:
+        """The recipe's warm-up, scaled like the schedule (0 = none)."""
+        steps = self.recipe.optimizer_recipe.get("warmup_steps", 0)
+        return max(1, round(steps / self.scale)) if steps else 0
 
     def module_kwargs(self) -> dict[str, Any]:
         kwargs = {
-            **SGD_RECIPE,
+            **self.recipe.optimizer_recipe,
             **self.recipe.module_kwargs,
             "encoder": self.encoder,
             "lr": self.lr,
             "total_steps": self.schedule_steps,
             "normalization": self.normalization,
-            "model_kwargs": {
+            "inference": self.inference,
+            "slide_window": self.slide_window,
+            "slide_stride": self.slide_stride,
+        }
+        if self.recipe.arch == "deeplabv2":
+            kwargs["model_kwargs"] = {
                 "dilations": self.recipe.dilations,
                 "multi_level": self.recipe.multi_level,
                 "style": self.style,
-            },
-        }
+            }
+        if self.warmup_steps:
+            kwargs["warmup_steps"] = self.warmup_steps
         if self.discriminator_lr is not None:
             kwargs["discriminator_lr"] = self.discriminator_lr
         return kwargs
+
+    @property
+    def source_preset(self) -> str:
+        return SOURCE_PRESETS[self.source] + self.recipe.preset_suffix
+
+    @property
+    def target_preset(self) -> str:
+        return "cityscapes_train" + self.recipe.preset_suffix
+
+    def _optimiser_line(self) -> str:
+        opt = self.recipe.optimizer_recipe
+        head = opt["head_lr_mult"]
+        lrs = f"backbone {self.lr:g}, head {self.lr * head:g}"
+        if self.discriminator_lr is not None:
+            lrs += f", discriminator {self.discriminator_lr:g} (Adam)"
+        if opt["optimizer"] == "sgd":
+            return (
+                f"{lrs}; SGD momentum {opt['momentum']}, wd {opt['weight_decay']:g}, poly "
+                f"{opt['poly_power']} per iteration"
+            )
+        no_decay = ", ".join(opt.get("no_decay_keys", ())) or "none"
+        return (
+            f"{lrs}; AdamW betas {tuple(opt['betas'])}, wd {opt['weight_decay']:g} (0 on "
+            f"parameters named {no_decay}); linear warm-up over {self.warmup_steps:,} "
+            f"iterations from {opt['warmup_ratio']:g}× (mmcv), then poly {opt['poly_power']}"
+        )
+
+    def _architecture_line(self) -> str:
+        r = self.recipe
+        if r.arch == "deeplabv2":
+            return (
+                f"DeepLabV2-{self.encoder} ({self.style} layout), ASPP dilations "
+                f"{r.dilations}, multi-level {'on' if r.multi_level else 'off'}"
+            )
+        return (
+            f"DAFormer: {self.encoder} encoder + DAFormer head (256-d embeddings, depthwise-"
+            f"separable ASPP fusion, dilations {r.dilations}, no pooling, dropout 0.1)"
+        )
 
     def lines(self) -> list[tuple[str, str]]:
         r = self.recipe
         batch = f"{self.batch_per_device} + {self.batch_per_device} per device × {self.devices}"
         batch += f" = {self.global_batch} + {self.global_batch} global"
         batch += f" (paper: {r.batch_size} + {r.batch_size})"
-        lrs = f"backbone {self.lr:g}, head {self.lr * SGD_RECIPE['head_lr_mult']:g}"
-        if self.discriminator_lr is not None:
-            lrs += f", discriminator {self.discriminator_lr:g} (Adam)"
-        source_resize = PRESETS[SOURCE_PRESETS[self.source]]["resize"]
-        target_resize = PRESETS["cityscapes_train"]["resize"]
+        source_preset = PRESETS[self.source_preset]
+        source_resize = source_preset["resize"]
+        target_resize = PRESETS[self.target_preset]["resize"]
         crops = (
             f"random {r.crop[1]}×{r.crop[0]} crops" if r.crop else "whole resized frames (no crop)"
         )
+        if source_preset.get("cat_max_ratio", 1.0) < 1.0:
+            crops += (
+                f" (source crops re-drawn while one class covers > "
+                f"{source_preset['cat_max_ratio']:.0%})"
+            )
+        flips = "horizontal flips p 0.5" if source_preset["flip"] else "no flip"
         frames = (
             f"{self.source} resized to {source_resize[1]}×{source_resize[0]}, Cityscapes to "
-            f"{target_resize[1]}×{target_resize[0]}; {crops}; no flip"
+            f"{target_resize[1]}×{target_resize[0]}; {crops}; {flips}"
         )
+        if r.rare_class_sampling:
+            frames += (
+                "; rare-class sampling of the source (T 0.01, > 3,000 px per image, crop re-drawn "
+                "until > 1,500 px of the class)"
+            )
         extra = {k: v for k, v in r.module_kwargs.items()}
         teacher = (
             f"EMA α {extra.pop('ema_alpha')}, BatchNorm {extra.pop('teacher_bn')} mode, "
@@ -323,16 +489,12 @@ class ResolvedRecipe:
         )
         return [
             ("method", f"{r.method} — {r.paper}"),
-            (
-                "architecture",
-                f"DeepLabV2-{self.encoder} ({self.style} layout), ASPP dilations "
-                f"{r.dilations}, multi-level {'on' if r.multi_level else 'off'}",
-            ),
+            ("architecture", self._architecture_line()),
             ("initial weights", self.init),
             ("input normalisation", str(get_normalization(self.normalization))),
             ("frames", frames),
             ("batch", batch),
-            ("learning rates", f"{lrs}; SGD momentum 0.9, wd 5e-4, poly 0.9 per iteration"),
+            ("learning rates", self._optimiser_line()),
             (
                 "iterations",
                 f"schedule {self.schedule_steps:,}, training stops at "
@@ -344,7 +506,7 @@ class ResolvedRecipe:
             ),
             ("teacher", teacher),
             ("method settings", ", ".join(f"{k}={v}" for k, v in extra.items()) or "—"),
-            ("evaluation", f"{self.eval_protocol}: {EVALUATION_PROTOCOLS[self.eval_protocol]}"),
+            ("evaluation", self._evaluation_line()),
             (
                 "devices",
                 f"{self.devices} (SyncBatchNorm "
@@ -352,6 +514,17 @@ class ResolvedRecipe:
             ),
             ("published mIoU", r.published.get(self.source, "—")),
         ]
+
+    def _evaluation_line(self) -> str:
+        line = f"{self.eval_protocol}: {EVALUATION_PROTOCOLS[self.eval_protocol]}"
+        if self.inference == "slide":
+            line += (
+                f"; sliding windows {self.slide_window[1]}×{self.slide_window[0]} every "
+                f"{self.slide_stride[1]}×{self.slide_stride[0]} px"
+            )
+        else:
+            line += "; whole-image inference"
+        return line
 
     def format(self) -> str:
         width = max(len(k) for k, _ in self.lines())
@@ -373,7 +546,10 @@ def resolve_recipe(
     eval_protocol: str = "full",
     val_every: int | None = None,
     max_steps: int | None = None,
-    encoder: str = "resnet101",
+    encoder: str | None = None,
+    inference: str = "whole",
+    slide_window: tuple[int, int] = (512, 512),
+    slide_stride: tuple[int, int] = (341, 341),
 ) -> ResolvedRecipe:
     """The recipe of ``method`` on ``devices`` processes (see the module docstring).
 
@@ -383,6 +559,7 @@ def resolve_recipe(
     papers' initialisation).
     """
     recipe = RECIPES[method]
+    encoder = encoder or recipe.default_encoder
     if devices < 1:
         raise ValueError(f"devices must be >= 1, got {devices}")
     notes: list[str] = []
@@ -403,12 +580,27 @@ def resolve_recipe(
     schedule = max(1, round(recipe.schedule_steps / scale))
     stop = max(1, round(recipe.stop_steps / scale))
     snapshot = max(1, round(recipe.snapshot_every / scale))
-    if encoder != "resnet101":
-        notes.append(f"encoder {encoder}: not the papers' ResNet-101 (and not their init file)")
+    if encoder != recipe.default_encoder:
+        notes.append(
+            f"encoder {encoder}: not the paper's {recipe.default_encoder} (and not its init file)"
+        )
     if max_steps is not None:
         stop = min(stop, max_steps)
         notes.append(f"--max-steps {max_steps}: training stops at {stop} (schedule unchanged)")
-    if encoder_weights is not None:
+    if recipe.arch != "deeplabv2":
+        resolved_style = "pytorch"  # no Caffe variant: ImageNet-normalised RGB
+        if style is not None:
+            raise ValueError(f"--style applies to DeepLabV2 only, not to {recipe.arch}")
+        if encoder_weights is not None:
+            init = f"smp's ImageNet {encoder} weights ('{encoder_weights}', downloaded)"
+        elif checkpoint is not None:
+            init = f"{checkpoint} (paper: {recipe.init[0]})"
+        else:
+            init = (
+                f"random (refused without --from-scratch); the paper starts from "
+                f"{recipe.init[0]}: {recipe.init[1]}"
+            )
+    elif encoder_weights is not None:
         resolved_style = style or "torchvision"
         init = f"torchvision ImageNet weights ('{encoder_weights}', downloaded; not the papers')"
     elif checkpoint is not None:
@@ -449,6 +641,9 @@ def resolve_recipe(
         sync_batchnorm=devices > 1,
         notes=notes,
         encoder=encoder,
+        inference=inference,
+        slide_window=tuple(slide_window),
+        slide_stride=tuple(slide_stride),
     )
 
 
@@ -458,8 +653,9 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
     parser.add_argument("--method", choices=sorted(RECIPES), default="dacs")
     parser.add_argument(
         "--encoder",
-        default="resnet101",
-        help="DeepLabV2 backbone (the papers: resnet101; resnet18/50 for quick checks)",
+        default=None,
+        help="backbone; default the paper's: resnet101 for the DeepLabV2 recipes (resnet18/50 "
+        "for quick checks), mit_b5 for daformer/mic (mit_b0..b4)",
     )
     parser.add_argument("--devices", type=int, default=1, help="GPUs (or CPU processes)")
     parser.add_argument("--accelerator", default="auto")
@@ -494,6 +690,29 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
     parser.add_argument(
         "--from-scratch", action="store_true", help="allow random initial weights (not a recipe)"
     )
+    parser.add_argument(
+        "--inference",
+        choices=["whole", "slide"],
+        default="whole",
+        help="evaluation: the whole (resized) image at once, or sliding windows (for images "
+        "larger than the training crop, e.g. with --eval-size 1024 2048)",
+    )
+    parser.add_argument(
+        "--eval-size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="network input size at evaluation (default 512 1024, as the papers)",
+    )
+    parser.add_argument("--slide-window", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
+    parser.add_argument("--slide-stride", type=int, nargs=2, default=(341, 341), metavar=("H", "W"))
+    parser.add_argument(
+        "--class-stats",
+        default=None,
+        help="rare-class sampling (daformer, mic): .npz cache of the source class statistics "
+        "(default: under $LIGHTNING_UDA_CACHE, ~/.cache/lightning_uda)",
+    )
     parser.add_argument("--print-recipe", action="store_true", help="print the recipe and exit")
     parser.add_argument("--output", type=Path, default=Path("outputs"))
     parser.add_argument("--resume", action="store_true", help="resume from output/last.ckpt")
@@ -510,6 +729,14 @@ def refuse_random_init(resolved: ResolvedRecipe, args: argparse.Namespace) -> No
     if args.checkpoint is not None or args.encoder_weights is not None or args.from_scratch:
         return
     name, where = resolved.recipe.init
+    if resolved.recipe.arch != "deeplabv2":
+        sys.exit(
+            f"{resolved.recipe.method}: the {resolved.encoder} encoder would start from random "
+            f"weights, which cannot come near the published numbers (and the ImageNet feature "
+            f"distance would pull towards random features). The paper starts from {name} — "
+            f"{where}. Pass it with --checkpoint PATH/{name}, or --encoder-weights imagenet for "
+            "smp's ImageNet MiT weights (downloads), or --from-scratch to insist."
+        )
     sys.exit(
         f"{resolved.recipe.method}: DeepLabV2 would start from random weights, which cannot "
         f"come near the published numbers. The paper starts from {name} — {where}. Pass it with "
@@ -536,6 +763,9 @@ def run(
         val_every=args.val_every,
         max_steps=args.max_steps,
         encoder=args.encoder,
+        inference=args.inference,
+        slide_window=tuple(args.slide_window),
+        slide_stride=tuple(args.slide_stride),
     )
     print(resolved.format(), flush=True)
     if args.print_recipe:
@@ -549,20 +779,23 @@ def run(
     space = resolved.normalization
     source = source_factory(
         args.data_root,
-        transform=preset(SOURCE_PRESETS[source_name], crop=recipe.crop, normalization=space),
+        transform=preset(resolved.source_preset, crop=recipe.crop, normalization=space),
         normalization=space,
     )
     target = Cityscapes(
         args.data_root / "cityscapes",
         split="train",
-        transform=preset("cityscapes_train", crop=recipe.crop, normalization=space),
+        transform=preset(resolved.target_preset, crop=recipe.crop, normalization=space),
         return_mask=False,
         normalization=space,
     )
+    eval_size = {} if args.eval_size is None else {"resize": tuple(args.eval_size)}
     val = Cityscapes(
         args.data_root / "cityscapes",
         split="val",
-        transform=preset("cityscapes_val", protocol=args.eval_protocol, normalization=space),
+        transform=preset(
+            "cityscapes_val", protocol=args.eval_protocol, normalization=space, **eval_size
+        ),
         normalization=space,
     )
     datamodule = UDADataModule(
@@ -573,6 +806,9 @@ def run(
         val_batch_size=1,
         num_workers=args.num_workers,
         seed=args.seed,
+        rare_class_sampling=(
+            RareClassSampling(stats_file=args.class_stats) if recipe.rare_class_sampling else None
+        ),
     )
     module = recipe.module_cls(
         num_classes=datamodule.num_classes,

@@ -119,8 +119,68 @@ def test_recipes_follow_the_papers(common):
     assert imagenet.style == "torchvision" and imagenet.normalization == "imagenet"
 
 
+def test_daformer_and_mic_recipes_follow_daformer(common):
+    for method in ("daformer", "mic"):
+        r = common.resolve_recipe(method, checkpoint="mit_b5.pth")
+        kwargs = r.module_kwargs()
+        assert (kwargs["arch"], kwargs["encoder"], kwargs["optimizer"]) == (
+            "daformer",
+            "mit_b5",
+            "adamw",
+        )
+        assert (kwargs["lr"], kwargs["weight_decay"], kwargs["head_lr_mult"]) == (6e-5, 0.01, 10)
+        assert tuple(kwargs["no_decay_keys"]) == ("norm", "pos_block")
+        assert (kwargs["warmup_steps"], kwargs["warmup_ratio"], kwargs["poly_power"]) == (
+            1500,
+            1e-6,
+            1.0,
+        )
+        assert kwargs["total_steps"] == 40_000 and r.stop_steps == 40_000
+        assert kwargs["ema_alpha"] == 0.999 and kwargs["pseudo_label_crop"] == (15, 120)
+        assert kwargs["feature_distance_weight"] == 0.005 and kwargs["mix_mode"] == "batch_union"
+        assert (kwargs["jitter_strength"], kwargs["jitter_p"]) == (0.2, 0.8)
+        assert kwargs["normalization"] == "imagenet" and "model_kwargs" not in kwargs
+        assert r.recipe.rare_class_sampling
+        assert (r.source_preset, r.target_preset) == (
+            "gta5_train_daformer",
+            "cityscapes_train_daformer",
+        )
+        # 4 GPUs: 2 + 2 per device, linear scaling k = 4, the warm-up shortened with the schedule
+        four = common.resolve_recipe(method, devices=4, checkpoint="mit_b5.pth")
+        assert four.module_kwargs()["warmup_steps"] == 375 and four.schedule_steps == 10_000
+        assert four.lr == pytest.approx(2.4e-4)
+    assert common.RECIPES["mic"].module_kwargs["masked_consistency_weight"] == 1.0
+    assert common.RECIPES["mic"].module_cls.__name__ == "MICModule"
+    slide = common.resolve_recipe("daformer", inference="slide", slide_stride=(256, 256))
+    assert slide.module_kwargs()["inference"] == "slide"
+    assert "sliding windows 512×512 every 256×256" in slide.format()
+
+
+def test_daformer_recipe_builds_the_daformer_module(common):
+    r = common.resolve_recipe("daformer", checkpoint="x.pth", encoder="mit_b0")
+    module = r.recipe.module_cls(num_classes=19, **r.module_kwargs())
+    assert type(module.model).__name__ == "DAFormer"
+    assert module.normalization.name == "imagenet" and module.imnet_encoder is not None
+    groups = module.make_optimizer(module.segmentor_param_groups()).param_groups
+    decay = {g["name"]: g["weight_decay"] for g in groups}
+    assert {g["name"]: g["lr"] for g in groups}["head"] == pytest.approx(6e-4)
+    assert decay["backbone_no_decay"] == 0.0 and decay["backbone"] == 0.01
+    named = dict(module.model.named_parameters())
+    no_decay_ids = {id(p) for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert {id(p) for n, p in named.items() if "norm" in n} == no_decay_ids
+
+
+def test_daformer_refuses_random_mit_weights(common):
+    args = common.parse_args("x", ["--method", "daformer", "--data-root", "/nowhere"])
+    resolved = common.resolve_recipe("daformer")
+    with pytest.raises(SystemExit, match="mit_b5.pth"):
+        common.refuse_random_init(resolved, args)
+
+
 def test_every_recipe_builds_its_module_with_the_papers_heads(common):
-    for method in common.RECIPES:
+    for method, recipe in common.RECIPES.items():
+        if recipe.arch != "deeplabv2":
+            continue
         r = common.resolve_recipe(method, checkpoint="x.pth", encoder="resnet18")
         module = r.recipe.module_cls(num_classes=19, **r.module_kwargs())
         assert module.normalization.name == "caffe", method

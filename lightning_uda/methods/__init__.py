@@ -4,6 +4,7 @@ from lightning_uda.methods.advent import AdvEntModule
 from lightning_uda.methods.base import UDAModule, poly_lr_factor
 from lightning_uda.methods.classmix import ClassMixModule, MixInputs
 from lightning_uda.methods.dacs import DACSModule
+from lightning_uda.methods.daformer import DAFormerModule
 from lightning_uda.methods.mcc import MCCModule
 from lightning_uda.methods.mic import MICModule
 from lightning_uda.methods.minent import MinEntModule
@@ -15,6 +16,7 @@ __all__ = [
     "AdvEntModule",
     "ClassMixModule",
     "DACSModule",
+    "DAFormerModule",
     "MCCModule",
     "MICModule",
     "MinEntModule",

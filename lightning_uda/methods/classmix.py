@@ -65,6 +65,10 @@ class ClassMixModule(SelfTrainingModule):
             :class:`~lightning_uda.mixing.StrongAugment`.
         augment_decision: "per_image" (default) or "per_batch": one jitter and one blur
             apply/skip draw per step shared by the batch, as DACS' code.
+        jitter_strength: colour-jitter strength s (brightness, contrast, saturation and hue
+            each ``s``; DACS 0.25, DAFormer 0.2).
+        jitter_p: probability of the colour jitter (0.8 in DACS and DAFormer, whose code jitters
+            when a uniform draw exceeds ``color_jitter_probability`` 0.2).
         masked_consistency_weight: weight of MIC's masked image consistency loss (0 = off; 1 in
             MIC): the target images, colour-augmented on their own, are blanked on random
             ``mask_block_size`` blocks (:func:`~lightning_uda.mixing.block_mask`, a
@@ -92,6 +96,8 @@ class ClassMixModule(SelfTrainingModule):
         mask_ratio: float = 0.7,
         jitter_semantics: str = "torchvision",
         augment_decision: str = "per_image",
+        jitter_strength: float = 0.25,
+        jitter_p: float = 0.8,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
@@ -107,6 +113,8 @@ class ClassMixModule(SelfTrainingModule):
             raise ValueError(f"mix_rounding must be 'floor' or 'ceil', got {mix_rounding!r}")
         self.augment = (
             StrongAugment(
+                jitter=jitter_strength,
+                jitter_p=jitter_p,
                 normalization=self.normalization,
                 jitter_semantics=jitter_semantics,
                 decision=augment_decision,

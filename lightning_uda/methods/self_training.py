@@ -260,6 +260,13 @@ class SelfTrainingModule(UDAModule):
         top, bottom = (int(v) for v in self.hparams.pseudo_label_crop)
         if top == 0 and bottom == 0:
             return weights
+        if top + bottom >= weights.shape[1]:
+            raise ValueError(
+                f"{type(self).__name__}: pseudo_label_crop={(top, bottom)} zeroes all "
+                f"{weights.shape[1]} rows of the target images, so no pseudo-label would be "
+                "trained on. DAFormer's (15, 120) is for 512-row Cityscapes crops: scale it to "
+                "your crops, or pass pseudo_label_crop=(0, 0)."
+            )
         weights = weights.clone()
         if top:
             weights[:, :top] = 0.0

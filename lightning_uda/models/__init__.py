@@ -1,9 +1,12 @@
-"""Segmentors (TinyUNet, DeepLab-v2, smp), parameter groups, the AdvEnt discriminator."""
+"""Segmentors (TinyUNet, DeepLab-v2, DAFormer, smp), parameter groups, the AdvEnt
+discriminator, gradient reversal."""
 
 from __future__ import annotations
 
+from lightning_uda.models.daformer import DAFormer, DAFormerHead
 from lightning_uda.models.deeplabv2 import DeepLabV2
 from lightning_uda.models.discriminator import Discriminator
+from lightning_uda.models.grl import GradientReversal, dann_coefficient, gradient_reversal
 from lightning_uda.models.segmentor import (
     CheckpointReport,
     TinyUNet,
@@ -15,11 +18,16 @@ from lightning_uda.models.segmentor import (
 
 __all__ = [
     "CheckpointReport",
+    "DAFormer",
+    "DAFormerHead",
     "DeepLabV2",
     "Discriminator",
+    "GradientReversal",
     "TinyUNet",
     "build_segmentor",
+    "dann_coefficient",
     "forward_with_features",
+    "gradient_reversal",
     "load_checkpoint",
     "parameter_groups",
 ]

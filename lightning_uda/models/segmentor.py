@@ -5,9 +5,10 @@ than ``H, W``; callers upsample) and keeps its backbone under ``.encoder``; ever
 head (10× learning rate in DACS/AdvEnt). Each also names the input space it expects in
 ``input_normalization`` (``"imagenet"``, or ``"caffe"`` for ``DeepLabV2(style="caffe")``).
 
-:func:`load_checkpoint` reads the library's own checkpoints and the DeepLab-v2 weight files the
+:func:`load_checkpoint` reads the library's own checkpoints, the DeepLab-v2 weight files the
 papers start from (DACS' MSCOCO and AdvEnt's ImageNet initialisations, and their trained
-checkpoints); see :data:`CHECKPOINT_LAYOUTS`.
+checkpoints) and SegFormer's ImageNet MiT files (DAFormer's initialisation); see
+:data:`CHECKPOINT_LAYOUTS`.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_uda.models.daformer import DAFormer
 from lightning_uda.models.deeplabv2 import ASPPClassifier, DeepLabV2
 
 #: Our own architectures; any other name is looked up in ``smp.MODEL_ARCHITECTURES_MAPPING``.
-_OWN_ARCHS = ("tiny_unet", "deeplabv2")
+_OWN_ARCHS = ("tiny_unet", "deeplabv2", "daformer")
 
 #: Wrapper prefixes tried, in order, when matching checkpoint keys to the model
 #: (Lightning modules store the segmentor as ``model.``; DDP / DataParallel add ``module.``).
@@ -61,6 +63,12 @@ CHECKPOINT_LAYOUTS: dict[str, str] = {
         "AdvEnt checkpoints: conv1.*, bn1.*, layer1..layer4.*, main classifier "
         "layer6.conv2d_list.* on layer4 and, multi-level, auxiliary layer5.conv2d_list.* on layer3"
     ),
+    "mit-imagenet": (
+        "SegFormer's ImageNet Mix Transformer files (mit_b0.pth ... mit_b5.pth, DAFormer's init) "
+        "for a MiT encoder (daformer, smp mit_b* encoders): patch_embed1..4.*, block1..4.*, "
+        "norm1..4.* and the ImageNet classifier head.* (ignored); plain or under 'state_dict', "
+        "keys optionally prefixed 'backbone.' (mmseg)"
+    ),
 }
 
 #: Top-level names of the DeepLab-v2 reference ResNet: backbone, then classifier modules.
@@ -73,6 +81,11 @@ _REFERENCE_PREFIXES: tuple[tuple[str, str | None], ...] = (
     ("module.", None),  # a DataParallel-wrapped reference model
 )
 _CLASSIFIER_KEY = re.compile(r"conv2d_list\.(\d+)\.(weight|bias)")
+#: Top-level names of a SegFormer MiT file: the encoder's, then its ImageNet classifier.
+_MIT_BACKBONE = re.compile(r"(patch_embed|block|norm)[1-4]")
+_MIT_HEAD = "head"
+#: Whole-file key prefixes of the MiT layout (mmseg checkpoints store it as ``backbone.``).
+_MIT_PREFIXES = ("", "backbone.")
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -297,17 +310,20 @@ def build_segmentor(
 
     Args:
         arch: ``"tiny_unet"`` (:class:`TinyUNet`, logits at full resolution), ``"deeplabv2"``
-            (:class:`~lightning_uda.models.deeplabv2.DeepLabV2`, logits at 1/8), or any
-            segmentation_models_pytorch architecture name (``"unet"``, ``"deeplabv3plus"``,
-            ``"segformer"``, ...; case-insensitive), built with ``smp.create_model``.
+            (:class:`~lightning_uda.models.deeplabv2.DeepLabV2`, logits at 1/8), ``"daformer"``
+            (:class:`~lightning_uda.models.daformer.DAFormer`: MiT encoder and DAFormer's
+            separable-ASPP fusion head, logits at 1/4), or any segmentation_models_pytorch
+            architecture name (``"unet"``, ``"deeplabv3plus"``, ``"segformer"``, ...;
+            case-insensitive), built with ``smp.create_model``.
         num_classes: K.
         encoder: backbone name. ``tiny_unet``: must be ``None``. ``deeplabv2``: ``resnet101``
-            (default), ``resnet50``, ``resnet152``, ``resnet18``, ``resnet34``. smp: any smp
-            encoder name (default ``resnet34``, smp's default).
+            (default), ``resnet50``, ``resnet152``, ``resnet18``, ``resnet34``. ``daformer``:
+            ``mit_b5`` (default, the paper), ``mit_b0`` ... ``mit_b4``. smp: any smp encoder
+            name (default ``resnet34``, smp's default).
         encoder_weights: ``None`` (default): random init, nothing is downloaded.
             ``"imagenet"`` (opt-in) downloads ImageNet weights on first use (torchvision's
             ``IMAGENET1K_V1`` for ``deeplabv2`` with ``style="torchvision"``; smp's for smp
-            architectures). ``tiny_unet`` has none.
+            architectures and ``daformer``). ``tiny_unet`` has none.
         checkpoint: a local file saved with ``torch.save`` holding a state dict (or an
             already-loaded mapping); see :func:`load_checkpoint` for the accepted layouts. A
             library file is loaded into the **whole model** if its keys match the model's,
@@ -315,21 +331,24 @@ def build_segmentor(
             ResNet file; its ``fc.*`` classifier keys are ignored). A DeepLab-v2 reference file
             (DACS' MSCOCO or AdvEnt's ImageNet init, or their checkpoints) fills the encoder, and
             the classifiers where names and shapes match; build it with ``style="caffe"``, e.g.
-            ``build_segmentor("deeplabv2", 19, style="caffe", checkpoint=PATH)``. Applied after
+            ``build_segmentor("deeplabv2", 19, style="caffe", checkpoint=PATH)``. SegFormer's
+            ImageNet MiT file (DAFormer's init) fills a MiT encoder, its classifier ``head.*``
+            ignored: ``build_segmentor("daformer", 19, checkpoint="mit_b5.pth")``. Applied after
             ``encoder_weights``.
         **kwargs: passed to the architecture: ``TinyUNet(in_channels, width, depth)``,
-            ``DeepLabV2(dilations, multi_level, freeze_bn_affine, style)``, or the smp class'
-            arguments (e.g. ``decoder_channels``; anything for ``tu-`` timm encoders).
+            ``DeepLabV2(dilations, multi_level, freeze_bn_affine, style)``,
+            ``DAFormer(embed_dim, channels, dilations, dropout)``, or the smp class' arguments
+            (e.g. ``decoder_channels``; anything for ``tu-`` timm encoders).
 
     Raises:
         ValueError: unknown ``arch`` (the message lists the valid ones), or an option the
-            architecture does not have (an encoder for ``tiny_unet``, smp ``activation`` /
-            ``aux_params``, which would break the logits contract; ``encoder_weights="imagenet"``
-            with ``style="caffe"``).
+            architecture does not have (an encoder for ``tiny_unet``, a non-MiT encoder for
+            ``daformer``, smp ``activation`` / ``aux_params``, which would break the logits
+            contract; ``encoder_weights="imagenet"`` with ``style="caffe"``).
         TypeError: a keyword argument the architecture does not accept.
         FileNotFoundError: ``checkpoint`` does not exist.
-        RuntimeError: ``checkpoint`` matches no layout, or a reference file's backbone does not
-            fit the encoder.
+        RuntimeError: ``checkpoint`` matches no layout, or a reference or MiT file's backbone
+            does not fit the encoder.
 
     Example:
         >>> model = build_segmentor("tiny_unet", num_classes=11)
@@ -357,6 +376,14 @@ def build_segmentor(
         model = DeepLabV2(
             num_classes=num_classes,
             encoder=encoder or "resnet101",
+            encoder_weights=encoder_weights,
+            **kwargs,
+        )
+    elif name == "daformer":
+        _check_kwargs(arch, DAFormer, kwargs, reserved)
+        model = DAFormer(
+            num_classes=num_classes,
+            encoder=encoder or "mit_b5",
             encoder_weights=encoder_weights,
             **kwargs,
         )
@@ -508,6 +535,15 @@ def _log_skipped(skipped: Mapping[str, str]) -> None:
         _LOGGER.info("load_checkpoint: skipped %s: %s", _show_keys(keys), reason)
 
 
+def _load_tensors(module: nn.Module, tensors: Mapping[str, Tensor]) -> None:
+    """``module.load_state_dict(tensors, strict=False)``, past subclasses' overrides.
+
+    smp's MiT encoder overrides ``load_state_dict`` without a ``strict`` argument; the callers
+    have already checked the keys (a missing ``num_batches_tracked`` is the only gap allowed).
+    """
+    nn.Module.load_state_dict(module, tensors, strict=False)
+
+
 def _load_library(
     model: nn.Module, state_dict: Mapping[str, Tensor], where: str
 ) -> tuple[CheckpointReport | None, dict[str, Any]]:
@@ -526,7 +562,7 @@ def _load_library(
             comparison = _compare(candidate, target_state, encoder=target_name == "encoder")
             if not (comparison["missing"] or comparison["unexpected"] or comparison["mismatched"]):
                 loadable = {k: v for k, v in candidate.items() if k in target_state}
-                target.load_state_dict(loadable, strict=False)
+                _load_tensors(target, loadable)
                 key_prefix = "" if target_name == "model" else "encoder."
                 skipped = {
                     prefix + k: "an ImageNet classifier's fc layer; the encoder has none"
@@ -750,6 +786,66 @@ def _load_reference(
     return report
 
 
+def _match_mit(state_dict: Mapping[str, Tensor]) -> tuple[str, dict[str, Tensor]] | None:
+    """``(prefix, keys with the prefix stripped)`` for a SegFormer MiT file, else ``None``."""
+    for prefix in _MIT_PREFIXES:
+        if not all(k.startswith(prefix) for k in state_dict):
+            continue
+        stripped = {k[len(prefix) :]: v for k, v in state_dict.items()}
+        tops = {k.split(".", 1)[0] for k in stripped}
+        if "patch_embed1.proj.weight" in stripped and all(
+            top == _MIT_HEAD or _MIT_BACKBONE.fullmatch(top) for top in tops
+        ):
+            return prefix, stripped
+    return None
+
+
+def _load_mit(
+    model: nn.Module, stripped: dict[str, Tensor], prefix: str, where: str
+) -> CheckpointReport:
+    """Load a SegFormer MiT file (keys already stripped of ``prefix``) into ``model.encoder``."""
+    layout = "mit-imagenet"
+    encoder: nn.Module = model.encoder
+    backbone = {k: v for k, v in stripped.items() if k.split(".", 1)[0] != _MIT_HEAD}
+    comparison = _compare(backbone, encoder.state_dict(), encoder=False)
+    if comparison["missing"] or comparison["unexpected"] or comparison["mismatched"]:
+        name = getattr(encoder, "name", type(encoder).__name__)
+
+        def with_prefix(keys: list[str]) -> list[str]:
+            return [prefix + k for k in keys]
+
+        raise RuntimeError(
+            f"checkpoint {where} has the {layout!r} layout ({CHECKPOINT_LAYOUTS[layout]}), "
+            f"but its backbone does not fit the model's encoder ({name}); every encoder tensor "
+            f"must load. Missing in the file: {_show_keys(comparison['missing'])}; not in the "
+            f"encoder: {_show_keys(with_prefix(comparison['unexpected']))}; shape mismatches: "
+            f"{_show_keys(with_prefix(comparison['mismatched']))}. Check encoder= (the file's "
+            "variant: mit_b5.pth needs encoder='mit_b5', e.g. build_segmentor('daformer', ...))."
+        )
+    _load_tensors(encoder, backbone)
+    skipped = {
+        prefix + k: "the MiT file's ImageNet classifier; the encoder has none"
+        for k in stripped
+        if k not in backbone
+    }
+    report = CheckpointReport(
+        source=where,
+        layout=layout,
+        target="encoder",
+        loaded=tuple(f"encoder.{k}" for k in backbone),
+        skipped=skipped,
+    )
+    _LOGGER.info(
+        "load_checkpoint: loaded %s (%r layout, key prefix %r stripped): %d tensors into encoder",
+        where,
+        layout,
+        prefix,
+        len(backbone),
+    )
+    _log_skipped(skipped)
+    return report
+
+
 def load_checkpoint(
     model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Any]
 ) -> CheckpointReport:
@@ -757,7 +853,7 @@ def load_checkpoint(
 
     The file holds a state dict, plain or under ``"state_dict"`` (Lightning checkpoints) or
     ``"model"`` (DACS checkpoints, whose ``"ema_model"`` is then ignored: pass
-    ``torch.load(path)["ema_model"]`` to load the teacher). Three families of layouts
+    ``torch.load(path)["ema_model"]`` to load the teacher). Four families of layouts
     (:data:`CHECKPOINT_LAYOUTS`) are recognised, tried in this order:
 
     1. ``"library"``: the library's own. Keys may carry a wrapper prefix
@@ -777,6 +873,15 @@ def load_checkpoint(
        the same keys prefixed ``Scale.``. ``"advent"``: AdvEnt's trained checkpoints, with the
        main classifier ``layer6`` (on layer4, 2048 channels) and, multi-level, the auxiliary
        ``layer5`` (on layer3, 1024 channels).
+    4. ``"mit-imagenet"``: SegFormer's ImageNet Mix Transformer files (``mit_b0.pth`` ...
+       ``mit_b5.pth``; DAFormer starts from ``mit_b5.pth``): ``patch_embed1..4.*``,
+       ``block1..4.*`` (``norm1``, ``attn.q/kv/sr/norm/proj``, ``norm2``, ``mlp.fc1``,
+       ``mlp.dwconv.dwconv``, ``mlp.fc2``), ``norm1..4.*`` and the ImageNet classifier
+       ``head.*``, every key optionally prefixed ``backbone.`` (mmseg). The names are those of
+       smp's MiT encoder (used by ``daformer`` and smp models with a ``mit_b*`` encoder), so the
+       file is loaded into ``model.encoder`` as is; every encoder tensor must load (a missing,
+       unexpected or shape-mismatched one is an error naming it) and ``head.*`` is reported
+       skipped.
 
     A reference file (2, 3) is remapped: backbone keys -> ``encoder.<key>`` (the names are the
     same as torchvision's); ``layer5.conv2d_list.<i>`` of a single-classifier file ->
@@ -809,16 +914,21 @@ def load_checkpoint(
         RuntimeError: not a state dict; a file that matches no layout (the message names the
             file, shows its first keys that fit no layout, the closest library match's
             missing / unexpected / mismatched keys, and lists the known layouts); or a reference
-            file whose backbone does not fit the encoder (the message names the tensors).
+            or MiT file whose backbone does not fit the encoder (the message names the tensors).
     """
     state_dict, where = _read_state_dict(checkpoint)
     report, best = _load_library(model, state_dict, where)
     if report is not None:
         return report
+    has_encoder = isinstance(getattr(model, "encoder", None), nn.Module)
     reference = _match_reference(state_dict)
-    if reference is not None and isinstance(getattr(model, "encoder", None), nn.Module):
+    if reference is not None and has_encoder:
         prefix, layout, stripped = reference
         return _load_reference(model, stripped, prefix, layout, where)
+    mit = _match_mit(state_dict)
+    if mit is not None and has_encoder:
+        prefix, stripped = mit
+        return _load_mit(model, stripped, prefix, where)
     layouts = "".join(f"\n  - {name}: {text}" for name, text in CHECKPOINT_LAYOUTS.items())
     raise RuntimeError(
         f"checkpoint {where} matches none of the layouts load_checkpoint knows (nor "

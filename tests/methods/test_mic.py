@@ -19,7 +19,9 @@ def _inputs():
 
 
 def test_nothing_masked_and_no_augmentation_is_the_plain_weighted_ce():
-    module = MICModule(**tiny_module_kwargs(), mask_ratio=0.0, strong_augmentation=False)
+    module = MICModule(
+        **tiny_module_kwargs(), pseudo_label_crop=(0, 0), mask_ratio=0.0, strong_augmentation=False
+    )
     images, labels, weights = _inputs()
     module.eval()
     expected = pixel_weighted_cross_entropy(module.model(images), labels, weights)
@@ -27,7 +29,9 @@ def test_nothing_masked_and_no_augmentation_is_the_plain_weighted_ce():
 
 
 def test_everything_masked_feeds_blank_images():
-    module = MICModule(**tiny_module_kwargs(), mask_ratio=1.0, strong_augmentation=False)
+    module = MICModule(
+        **tiny_module_kwargs(), pseudo_label_crop=(0, 0), mask_ratio=1.0, strong_augmentation=False
+    )
     images, labels, weights = _inputs()
     module.eval()
     blank = torch.zeros_like(images)
@@ -36,7 +40,12 @@ def test_everything_masked_feeds_blank_images():
 
 
 def test_masked_pixels_are_zero_in_whole_blocks():
-    module = MICModule(**tiny_module_kwargs(), mask_block_size=4, strong_augmentation=False)
+    module = MICModule(
+        **tiny_module_kwargs(),
+        pseudo_label_crop=(0, 0),
+        mask_block_size=4,
+        strong_augmentation=False,
+    )
     seen = []
     module.model.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))
     images, labels, weights = _inputs()
@@ -49,7 +58,7 @@ def test_masked_pixels_are_zero_in_whole_blocks():
 
 
 def test_mic_defaults_and_training():
-    module = MICModule(**tiny_module_kwargs())
+    module = MICModule(**tiny_module_kwargs(), pseudo_label_crop=(0, 0))
     hp = module.hparams
     assert (hp.masked_consistency_weight, hp.mask_block_size, hp.mask_ratio) == (1.0, 64, 0.7)
     assert hp.ema_alpha == 0.999 and hp.mix_mode == "batch_union" and hp.mix_include_ignore
@@ -57,7 +66,7 @@ def test_mic_defaults_and_training():
 
 
 def test_mic_fits_with_a_finite_masked_loss(tmp_path):
-    module = MICModule(**tiny_module_kwargs(), mask_block_size=4)
+    module = MICModule(**tiny_module_kwargs(), pseudo_label_crop=(0, 0), mask_block_size=4)
     trainer = cpu_trainer(tmp_path, max_steps=2)
     trainer.fit(module, datamodule=toy_datamodule())
     assert torch.isfinite(trainer.callback_metrics["train/loss_masked"])
