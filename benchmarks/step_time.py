@@ -7,6 +7,12 @@ a GPU, and the growth of the process' peak RSS during training on the CPU.
 
     python benchmarks/step_time.py                       # CPU: DeepLabV2-ResNet18, 256×256
     python benchmarks/step_time.py --arch deeplabv2 --encoder resnet101 --size 512 --device cuda
+    python benchmarks/step_time.py --arch daformer --encoder mit_b5 --size 512 --device cuda \
+        --precision bf16-mixed --methods source_only dacs daformer mic
+
+DAFormer and MIC run with their recipe's strategies (ImageNet feature distance on, whose frozen
+encoder copy costs one more encoder forward on the source batch, pseudo-label crop, AdamW); the
+model is the one given here for every method, so the ratios isolate the method's own cost.
 
 Prints a markdown table and writes ``benchmarks/results/step_time.json``.
 """
@@ -23,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-METHODS = ["source_only", "dacs", "classmix", "minent", "advent", "mcc", "mic"]
+METHODS = ["source_only", "dacs", "classmix", "minent", "advent", "mcc", "daformer", "mic"]
 
 
 def _module_class(name: str) -> Any:
@@ -36,6 +42,7 @@ def _module_class(name: str) -> Any:
         "minent": methods.MinEntModule,
         "advent": methods.AdvEntModule,
         "mcc": methods.MCCModule,
+        "daformer": methods.DAFormerModule,
         "mic": methods.MICModule,
     }[name]
 
