@@ -27,6 +27,7 @@ from lightning_uda.callbacks import ChecksummedCheckpointIO, SegmentationPanels
 from lightning_uda.data import Cityscapes, RareClassSampling, UDADataModule, preset
 from lightning_uda.data.transforms import EVALUATION_PROTOCOLS, PRESETS
 from lightning_uda.methods import (
+    AdaptSegNetModule,
     AdvEntModule,
     ClassMixModule,
     DACSModule,
@@ -49,6 +50,12 @@ MIT_B5_INIT = (
     "mit_b5.pth",
     "SegFormer's ImageNet-1k MiT-B5 (mmseg key names); the DAFormer README (lhoyer/DAFormer, "
     "'Setup') links it from SegFormer's release, expected in pretrained/",
+)
+ADAPTSEGNET_INIT = (
+    "DeepLab_resnet_pretrained_init-f81d91e8.pth",
+    "ImageNet DeepLab-v2 ResNet-101 (Caffe layout, keys 'Scale.*', as AdvEnt's file); "
+    "AdaptSegNet's train_gta2cityscapes_multi.py (wasidennis/AdaptSegNet) downloads it from the "
+    "authors' site (RESTORE_FROM)",
 )
 IMAGENET_INIT = (
     "DeepLab_resnet_pretrained_imagenet.pth",
@@ -332,6 +339,36 @@ RECIPES: dict[str, PaperRecipe] = {
         optimizer_recipe=dict(_DAFORMER_OPTIMIZER),
         preset_suffix="_daformer",
         rare_class_sampling=True,
+    ),
+    "adaptseg": PaperRecipe(
+        method="adaptseg",
+        paper="AdaptSegNet (Tsai et al., CVPR 2018; wasidennis/AdaptSegNet "
+        "train_gta2cityscapes_multi.py)",
+        module_cls=AdaptSegNetModule,
+        module_kwargs={
+            "adv_weight": 1e-3,
+            "aux_adv_weight": 2e-4,
+            "aux_seg_weight": 0.1,
+            "discriminator_betas": (0.9, 0.99),
+            "align_corners": True,
+        },
+        dilations=(6, 12, 18, 24),
+        multi_level=True,
+        init=ADAPTSEGNET_INIT,
+        batch_size=1,
+        crop=None,
+        lr=2.5e-4,
+        discriminator_lr=1e-4,
+        schedule_steps=250_000,
+        stop_steps=150_000,
+        snapshot_every=5_000,
+        published={"gta5": "42.4 (multi-level)"},
+        differences=(
+            "AdaptSegNet reports the best of its 5k-step snapshots on the labelled target val; "
+            "the example keeps the best by val/mIoU likewise, and the last.",
+            "One Adam over both discriminators (the same update as AdaptSegNet's two); the "
+            "discriminators' backward runs after the segmentor's step (same update).",
+        ),
     ),
     "mcc": PaperRecipe(
         method="mcc",
@@ -879,4 +916,5 @@ def _strategy(args: argparse.Namespace) -> str:
         return "auto"
     # AdvEnt back-propagates the segmentor and discriminator losses separately, so each backward
     # leaves some parameters without gradients; DDP must be told (the module checks this).
-    return "ddp_find_unused_parameters_true" if args.method == "advent" else "ddp"
+    adversarial = ("advent", "adaptseg", "lsd_seg")
+    return "ddp_find_unused_parameters_true" if args.method in adversarial else "ddp"

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from lightning_uda.data.demo import demo_datamodule, demo_datasets
 from lightning_uda.data.rcs import RareClassSampling
 from lightning_uda.methods import (
+    AdaptSegNetModule,
     AdvEntModule,
     ClassMixModule,
     DACSModule,
@@ -72,6 +73,8 @@ DEMO_METHODS: dict[str, tuple[type[UDAModule], dict[str, Any], bool]] = {
     # MCC pushes predictions towards balanced classes; with 11 classes of which background is
     # ~80% of the pixels, the paper's λ=1 collapsed the demo model (13 mIoU) and 0.1 lost a
     # point, so the demo uses 0.02 (measured on seed 0; the class default stays 1).
+    # AdaptSegNet: AdvEnt's row with the softmax instead of the entropy as D's input.
+    "adaptseg": (AdaptSegNetModule, {"discriminator_width": 16}, False),
     "mcc": (MCCModule, {"mcc_weight": 0.02}, False),
     "oracle": (SourceOnlyModule, {}, True),
 }

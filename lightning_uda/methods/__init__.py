@@ -1,5 +1,6 @@
 """Adaptation methods as LightningModules (one short file per method)."""
 
+from lightning_uda.methods.adaptsegnet import AdaptSegNetModule
 from lightning_uda.methods.advent import AdvEntModule
 from lightning_uda.methods.base import UDAModule, poly_lr_factor
 from lightning_uda.methods.classmix import ClassMixModule, MixInputs
@@ -13,6 +14,7 @@ from lightning_uda.methods.self_training import SelfTrainingModule
 from lightning_uda.methods.source_only import SourceOnlyModule
 
 __all__ = [
+    "AdaptSegNetModule",
     "AdvEntModule",
     "ClassMixModule",
     "DACSModule",

@@ -64,8 +64,9 @@ def _no_closure() -> None:
 class AdvEntModule(MultiLevelModule):
     """AdvEnt: a discriminator on entropy maps makes target predictions look like source ones.
 
-    Overridable hooks: :meth:`entropy_maps` (what D sees), :meth:`domain_loss` (how D's output is
-    scored), :meth:`discriminator_losses` (the D objective).
+    Overridable hooks: :meth:`discriminator_inputs` (what D sees: the entropy maps here, the
+    softmax maps in :class:`~lightning_uda.methods.AdaptSegNetModule`), :meth:`domain_loss` (how
+    D's output is scored), :meth:`discriminator_losses` (the D objective).
 
     **Iterations, not optimiser steps.** Lightning 2.x counts ``trainer.global_step`` (and stops at
     ``Trainer(max_steps=N)``) by the calls of ``LightningOptimizer.step()`` in manual
@@ -146,17 +147,31 @@ class AdvEntModule(MultiLevelModule):
                 )
 
     # ------------------------------------------------------------------ hooks
+    def discriminator_inputs(
+        self, logits: Mapping[str, Tensor], size: tuple[int, int]
+    ) -> dict[str, Tensor]:
+        """Level → the ``B×K×H×W`` map the discriminator sees, at the input size ``(H, W)``.
+
+        AdvEnt: the weighted self-information maps (:meth:`entropy_maps`). Override it to align
+        another output space (AdaptSegNet: the softmax).
+        """
+        return self.entropy_maps(logits, size)
+
     def entropy_maps(
         self, logits: Mapping[str, Tensor], size: tuple[int, int]
     ) -> dict[str, Tensor]:
         """Level → ``B×K×H×W`` weighted self-information map at the input size ``(H, W)``."""
+        self._check_size(size)
+        return entropy_maps(logits, size, align_corners=self.align_corners)
+
+    @staticmethod
+    def _check_size(size: tuple[int, int]) -> None:
         if min(size) < MIN_DISCRIMINATOR_INPUT:
             raise ValueError(
-                f"AdvEnt's discriminator halves its input 5 times, so images need at least "
+                f"The discriminator halves its input 5 times, so images need at least "
                 f"{MIN_DISCRIMINATOR_INPUT}×{MIN_DISCRIMINATOR_INPUT} pixels; got {tuple(size)}. "
                 "Use larger crops."
             )
-        return entropy_maps(logits, size, align_corners=self.align_corners)
 
     def domain_loss(self, level: str, maps: Tensor, domain_label: float) -> Tensor:
         """BCE-with-logits of discriminator ``level`` on ``maps`` against a constant label."""
@@ -167,7 +182,7 @@ class AdvEntModule(MultiLevelModule):
         """Source CE over every level; keeps the detached source entropy maps for D's step."""
         logits = self.level_logits(source["image"])
         with torch.no_grad():
-            self._detached_maps["source"] = self.entropy_maps(
+            self._detached_maps["source"] = self.discriminator_inputs(
                 logits, tuple(source["image"].shape[-2:])
             )
         return self.supervised_loss(logits, source["mask"])
@@ -176,7 +191,7 @@ class AdvEntModule(MultiLevelModule):
         """Step 1b: the target entropy maps labelled as source, through frozen discriminators."""
         yield from super().adaptation_losses(batch)
         images = batch["target"]["image"]
-        maps = self.entropy_maps(self.level_logits(images), tuple(images.shape[-2:]))
+        maps = self.discriminator_inputs(self.level_logits(images), tuple(images.shape[-2:]))
         self._detached_maps["target"] = {level: m.detach() for level, m in maps.items()}
         loss = torch.zeros((), device=images.device)
         with frozen(self.discriminators):
