@@ -32,6 +32,8 @@ from lightning_uda.methods import (
     ClassMixModule,
     DACSModule,
     DAFormerModule,
+    DANNModule,
+    FDAModule,
     MCCModule,
     MICModule,
     MinEntModule,
@@ -56,6 +58,11 @@ ADAPTSEGNET_INIT = (
     "ImageNet DeepLab-v2 ResNet-101 (Caffe layout, keys 'Scale.*', as AdvEnt's file); "
     "AdaptSegNet's train_gta2cityscapes_multi.py (wasidennis/AdaptSegNet) downloads it from the "
     "authors' site (RESTORE_FROM)",
+)
+FDA_INIT = (
+    "DeepLab_init.pth",
+    "ImageNet DeepLab-v2 ResNet-101 init; the FDA README (YanchaoYang/FDA) links it and passes "
+    "it as --init-weights",
 )
 IMAGENET_INIT = (
     "DeepLab_resnet_pretrained_imagenet.pth",
@@ -370,6 +377,63 @@ RECIPES: dict[str, PaperRecipe] = {
             "discriminators' backward runs after the segmentor's step (same update).",
         ),
     ),
+    "dann": PaperRecipe(
+        method="dann",
+        paper="DANN (Ganin & Lempitsky, ICML 2015) on per-pixel encoder features, on AdvEnt's "
+        "training recipe",
+        module_cls=DANNModule,
+        module_kwargs={
+            "adv_weight": 1.0,
+            "grl_schedule": True,
+            "grl_gamma": 10.0,
+            "align_corners": True,
+        },
+        dilations=(6, 12, 18, 24),
+        multi_level=False,
+        init=IMAGENET_INIT,
+        batch_size=1,
+        crop=None,
+        lr=2.5e-4,
+        schedule_steps=250_000,
+        stop_steps=120_000,
+        snapshot_every=2_000,
+        published={},
+        differences=(
+            "DANN was published for classification: there is no DeepLabV2 GTA5→Cityscapes recipe "
+            "or number; the domain classifier (1×1 convs, 256 wide) runs on layer4 at every "
+            "position, through gradient reversal with the paper's λ_p schedule (γ 10).",
+        ),
+    ),
+    "fda": PaperRecipe(
+        method="fda",
+        paper="FDA (Yang & Soatto, CVPR 2020; YanchaoYang/FDA train.py, β from --fda-beta)",
+        module_cls=FDAModule,
+        module_kwargs={
+            "fda_beta": 0.01,
+            "ent_weight": 0.005,
+            "charbonnier_eta": 2.0,
+            "ent_start_step": 0,
+            "align_corners": True,
+        },
+        dilations=(6, 12, 18, 24),
+        multi_level=False,
+        init=FDA_INIT,
+        batch_size=1,
+        crop=(512, 1024),
+        lr=2.5e-4,
+        schedule_steps=150_000,
+        stop_steps=100_000,
+        snapshot_every=2_500,
+        published={
+            "gta5": "50.45 (three β = 0.01/0.05/0.09 runs ensembled + self-training rounds)"
+        },
+        differences=(
+            "The paper's best number ensembles the three β models and adds self-training rounds "
+            "on their pseudo-labels; one run here trains one β (--fda-beta).",
+            "The entropy term starts at step 0, as the FDA README's command "
+            "(--switch2entropy=0); the code's own default is 50,000.",
+        ),
+    ),
     "mcc": PaperRecipe(
         method="mcc",
         paper="MCC (Jin et al., ECCV 2020) as a target regulariser, on AdvEnt's training recipe",
@@ -419,6 +483,7 @@ class ResolvedRecipe:
     sync_batchnorm: bool
     encoder: str = "resnet101"
     notes: list[str] = field(default_factory=list)
+    overrides: dict[str, Any] = field(default_factory=dict)  # method settings from the CLI
     inference: str = "whole"
     slide_window: tuple[int, int] = (512, 512)
     slide_stride: tuple[int, int] = (341, 341)
@@ -433,6 +498,7 @@ class ResolvedRecipe:
         kwargs = {
             **self.recipe.optimizer_recipe,
             **self.recipe.module_kwargs,
+            **self.overrides,
             "encoder": self.encoder,
             "lr": self.lr,
             "total_steps": self.schedule_steps,
@@ -517,7 +583,7 @@ class ResolvedRecipe:
                 "; rare-class sampling of the source (T 0.01, > 3,000 px per image, crop re-drawn "
                 "until > 1,500 px of the class)"
             )
-        extra = {k: v for k, v in r.module_kwargs.items()}
+        extra = {**r.module_kwargs, **self.overrides}
         teacher = (
             f"EMA α {extra.pop('ema_alpha')}, BatchNorm {extra.pop('teacher_bn')} mode, "
             f"τ {extra.pop('pseudo_label_threshold')} ({extra.pop('pseudo_label_weighting')} q)"
@@ -587,6 +653,7 @@ def resolve_recipe(
     inference: str = "whole",
     slide_window: tuple[int, int] = (512, 512),
     slide_stride: tuple[int, int] = (341, 341),
+    overrides: dict[str, Any] | None = None,
 ) -> ResolvedRecipe:
     """The recipe of ``method`` on ``devices`` processes (see the module docstring).
 
@@ -681,6 +748,7 @@ def resolve_recipe(
         inference=inference,
         slide_window=tuple(slide_window),
         slide_stride=tuple(slide_stride),
+        overrides=dict(overrides or {}),
     )
 
 
@@ -750,6 +818,13 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
         help="rare-class sampling (daformer, mic): .npz cache of the source class statistics "
         "(default: under $LIGHTNING_UDA_CACHE, ~/.cache/lightning_uda)",
     )
+    parser.add_argument(
+        "--fda-beta",
+        type=float,
+        choices=[0.01, 0.05, 0.09],
+        default=None,
+        help="fda: the low-frequency window β (the paper trains 0.01, 0.05 and 0.09)",
+    )
     parser.add_argument("--print-recipe", action="store_true", help="print the recipe and exit")
     parser.add_argument("--output", type=Path, default=Path("outputs"))
     parser.add_argument("--resume", action="store_true", help="resume from output/last.ckpt")
@@ -759,6 +834,16 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
     if not args.print_recipe and args.data_root is None:
         parser.error("--data-root is required (unless --print-recipe)")
     return args
+
+
+def method_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Method settings given on the command line (``--fda-beta``), checked against ``--method``."""
+    overrides: dict[str, Any] = {}
+    if getattr(args, "fda_beta", None) is not None:
+        if args.method != "fda":
+            raise SystemExit(f"--fda-beta applies to --method fda, not {args.method}")
+        overrides["fda_beta"] = args.fda_beta
+    return overrides
 
 
 def refuse_random_init(resolved: ResolvedRecipe, args: argparse.Namespace) -> None:
@@ -803,6 +888,7 @@ def run(
         inference=args.inference,
         slide_window=tuple(args.slide_window),
         slide_stride=tuple(args.slide_stride),
+        overrides=method_overrides(args),
     )
     print(resolved.format(), flush=True)
     if args.print_recipe:

@@ -28,6 +28,8 @@ from lightning_uda.methods import (
     ClassMixModule,
     DACSModule,
     DAFormerModule,
+    DANNModule,
+    FDAModule,
     MCCModule,
     MICModule,
     MinEntModule,
@@ -75,6 +77,13 @@ DEMO_METHODS: dict[str, tuple[type[UDAModule], dict[str, Any], bool]] = {
     # point, so the demo uses 0.02 (measured on seed 0; the class default stays 1).
     # AdaptSegNet: AdvEnt's row with the softmax instead of the entropy as D's input.
     "adaptseg": (AdaptSegNetModule, {"discriminator_width": 16}, False),
+    # DANN: the paper's λ_p schedule (γ 10) and λ 1, a 256-wide per-pixel domain classifier on
+    # the deepest TinyUNet features.
+    "dann": (DANNModule, {}, False),
+    # FDA: β is a fraction of the side; the paper's 0.01 gives a 0-pixel window on 32×32 scenes
+    # (the identity), so the demo uses 0.05 (a 1-pixel window, the smallest that translates;
+    # the paper's 0.05 on 1024×512 is 25 pixels). Entropy from the start, as the FDA README runs.
+    "fda": (FDAModule, {"fda_beta": 0.05}, False),
     "mcc": (MCCModule, {"mcc_weight": 0.02}, False),
     "oracle": (SourceOnlyModule, {}, True),
 }

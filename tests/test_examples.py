@@ -302,3 +302,16 @@ def test_gta_example_trains_and_validates_on_real_format_files(common, tmp_path,
         source_name="gta5",
     )
     assert list((tmp_path / "out").rglob("last.ckpt"))
+
+
+def test_fda_beta_is_one_of_the_papers_and_reaches_the_module(common):
+    args = common.parse_args("x", ["--method", "fda", "--fda-beta", "0.05", "--print-recipe"])
+    r = common.resolve_recipe("fda", overrides=common.method_overrides(args))
+    assert r.module_kwargs()["fda_beta"] == 0.05 and "fda_beta=0.05" in r.format()
+    assert r.recipe.crop == (512, 1024) and r.recipe.batch_size == 1
+    assert (r.schedule_steps, r.stop_steps) == (150_000, 100_000)
+    with pytest.raises(SystemExit):
+        common.parse_args("x", ["--method", "fda", "--fda-beta", "0.2", "--print-recipe"])
+    wrong = common.parse_args("x", ["--method", "dacs", "--fda-beta", "0.05", "--print-recipe"])
+    with pytest.raises(SystemExit, match="--method fda"):
+        common.method_overrides(wrong)

@@ -6,6 +6,8 @@ from lightning_uda.methods.base import UDAModule, poly_lr_factor
 from lightning_uda.methods.classmix import ClassMixModule, MixInputs
 from lightning_uda.methods.dacs import DACSModule
 from lightning_uda.methods.daformer import DAFormerModule
+from lightning_uda.methods.dann import DANNModule, PixelDomainClassifier
+from lightning_uda.methods.fda import FDAModule, robust_entropy
 from lightning_uda.methods.mcc import MCCModule
 from lightning_uda.methods.mic import MICModule
 from lightning_uda.methods.minent import MinEntModule
@@ -19,13 +21,17 @@ __all__ = [
     "ClassMixModule",
     "DACSModule",
     "DAFormerModule",
+    "DANNModule",
+    "FDAModule",
     "MCCModule",
     "MICModule",
     "MinEntModule",
     "MixInputs",
     "MultiLevelModule",
+    "PixelDomainClassifier",
     "SelfTrainingModule",
     "SourceOnlyModule",
     "UDAModule",
     "poly_lr_factor",
+    "robust_entropy",
 ]
