@@ -34,6 +34,7 @@ from lightning_uda.methods import (
     DAFormerModule,
     DANNModule,
     FDAModule,
+    LSDSegModule,
     MCCModule,
     MICModule,
     MinEntModule,
@@ -63,6 +64,11 @@ FDA_INIT = (
     "DeepLab_init.pth",
     "ImageNet DeepLab-v2 ResNet-101 init; the FDA README (YanchaoYang/FDA) links it and passes "
     "it as --init-weights",
+)
+VGG16_INIT = (
+    "vgg16 ImageNet weights",
+    "LSD-seg's train.py starts FCN8s from torchvision's ImageNet VGG16; here smp's vgg16 encoder "
+    "takes them with --encoder-weights imagenet (downloads) or a local state dict via --checkpoint",
 )
 IMAGENET_INIT = (
     "DeepLab_resnet_pretrained_imagenet.pth",
@@ -108,6 +114,8 @@ class PaperRecipe:
     default_encoder: str = "resnet101"
     optimizer_recipe: dict[str, Any] = field(default_factory=lambda: dict(SGD_RECIPE))
     preset_suffix: str = ""  # "_daformer": flips + cat_max_ratio source crops
+    resize: tuple[int, int] | None = None  # (h, w) of both domains' frames, if not the presets'
+
     rare_class_sampling: bool = False
 
 
@@ -434,6 +442,49 @@ RECIPES: dict[str, PaperRecipe] = {
             "(--switch2entropy=0); the code's own default is 50,000.",
         ),
     ),
+    "lsd_seg": PaperRecipe(
+        method="lsd_seg",
+        paper="LSD-seg (Sankaranarayanan et al., CVPR 2018; swamiviv/LSD-seg train.py)",
+        module_cls=LSDSegModule,
+        module_kwargs={
+            "adv_weight": 0.1,
+            "class_weight": 0.1,
+            "l1_weight": 1.0,
+            "generator_lr": 1e-4,
+            "generator_betas": (0.7, 0.999),
+            "discriminator_lr": 1e-4,
+            "discriminator_betas": (0.7, 0.999),
+        },
+        dilations=(),
+        multi_level=False,
+        init=VGG16_INIT,
+        batch_size=1,
+        crop=None,
+        lr=1e-5,
+        schedule_steps=100_000,
+        stop_steps=100_000,
+        snapshot_every=500,
+        published={"gta5": "37.1 (FCN8s-VGG16)"},
+        differences=(
+            "The reference's FCN8s-VGG16 is not in the library: the recipe runs smp's FPN on a "
+            "VGG16 encoder (the closest skip-fusion network on the same backbone).",
+            "The reference's Adam gives biases 2× the learning rate and decays it ×0.1 every 8 "
+            "epochs; here Adam (AdamW without decay) at a constant 1e-5 for every parameter.",
+            "Losses are averaged over pixels (the reference sums them and divides by the batch; "
+            "LSDSegModule(reduction='sum') reproduces that).",
+        ),
+        arch="fpn",
+        default_encoder="vgg16",
+        optimizer_recipe={
+            "arch": "fpn",
+            "optimizer": "adamw",
+            "weight_decay": 0.0,
+            "betas": (0.9, 0.999),
+            "head_lr_mult": 1.0,
+            "poly_power": 0.0,
+        },
+        resize=(320, 640),
+    ),
     "mcc": PaperRecipe(
         method="mcc",
         paper="MCC (Jin et al., ECCV 2020) as a target regulariser, on AdvEnt's training recipe",
@@ -533,6 +584,9 @@ class ResolvedRecipe:
         lrs = f"backbone {self.lr:g}, head {self.lr * head:g}"
         if self.discriminator_lr is not None:
             lrs += f", discriminator {self.discriminator_lr:g} (Adam)"
+        if opt["optimizer"] == "adamw" and not opt.get("warmup_steps"):
+            decay = "constant" if opt["poly_power"] == 0 else f"poly {opt['poly_power']}"
+            return f"{lrs}; Adam betas {tuple(opt['betas'])}, wd {opt['weight_decay']:g}, {decay}"
         if opt["optimizer"] == "sgd":
             return (
                 f"{lrs}; SGD momentum {opt['momentum']}, wd {opt['weight_decay']:g}, poly "
@@ -552,6 +606,8 @@ class ResolvedRecipe:
                 f"DeepLabV2-{self.encoder} ({self.style} layout), ASPP dilations "
                 f"{r.dilations}, multi-level {'on' if r.multi_level else 'off'}"
             )
+        if r.arch != "daformer":
+            return f"segmentation-models-pytorch {r.arch} with a {self.encoder} encoder"
         return (
             f"DAFormer: {self.encoder} encoder + DAFormer head (256-d embeddings, depthwise-"
             f"separable ASPP fusion, dilations {r.dilations}, no pooling, dropout 0.1)"
@@ -563,8 +619,8 @@ class ResolvedRecipe:
         batch += f" = {self.global_batch} + {self.global_batch} global"
         batch += f" (paper: {r.batch_size} + {r.batch_size})"
         source_preset = PRESETS[self.source_preset]
-        source_resize = source_preset["resize"]
-        target_resize = PRESETS[self.target_preset]["resize"]
+        source_resize = r.resize or source_preset["resize"]
+        target_resize = r.resize or PRESETS[self.target_preset]["resize"]
         crops = (
             f"random {r.crop[1]}×{r.crop[0]} crops" if r.crop else "whole resized frames (no crop)"
         )
@@ -852,13 +908,26 @@ def refuse_random_init(resolved: ResolvedRecipe, args: argparse.Namespace) -> No
         return
     name, where = resolved.recipe.init
     if resolved.recipe.arch != "deeplabv2":
+        pulls = (
+            " (and the ImageNet feature distance would pull towards random features)"
+            if resolved.recipe.arch == "daformer"
+            else ""
+        )
+        target = f"{name}" if name.endswith(".pth") else "a state dict file"
         sys.exit(
             f"{resolved.recipe.method}: the {resolved.encoder} encoder would start from random "
-            f"weights, which cannot come near the published numbers (and the ImageNet feature "
-            f"distance would pull towards random features). The paper starts from {name} — "
-            f"{where}. Pass it with --checkpoint PATH/{name}, or --encoder-weights imagenet for "
-            "smp's ImageNet MiT weights (downloads), or --from-scratch to insist."
+            f"weights, which cannot come near the published numbers{pulls}. The paper starts "
+            f"from {name} — {where}. Pass a local file with --checkpoint PATH ({target}), or "
+            f"--encoder-weights imagenet for smp's ImageNet {resolved.encoder} weights "
+            "(downloads), or --from-scratch to insist."
         )
+    sys.exit(
+        f"{resolved.recipe.method}: the {resolved.encoder} encoder would start from random "
+        f"weights, which cannot come near the published numbers (and the ImageNet feature "
+        f"distance would pull towards random features). The paper starts from {name} — "
+        f"{where}. Pass it with --checkpoint PATH/{name}, or --encoder-weights imagenet for "
+        "smp's ImageNet MiT weights (downloads), or --from-scratch to insist."
+    )
     sys.exit(
         f"{resolved.recipe.method}: DeepLabV2 would start from random weights, which cannot "
         f"come near the published numbers. The paper starts from {name} — {where}. Pass it with "
@@ -900,15 +969,16 @@ def run(
     seed_everything(args.seed, workers=True)
     recipe = resolved.recipe
     space = resolved.normalization
+    frames = {} if recipe.resize is None else {"resize": recipe.resize}
     source = source_factory(
         args.data_root,
-        transform=preset(resolved.source_preset, crop=recipe.crop, normalization=space),
+        transform=preset(resolved.source_preset, crop=recipe.crop, normalization=space, **frames),
         normalization=space,
     )
     target = Cityscapes(
         args.data_root / "cityscapes",
         split="train",
-        transform=preset(resolved.target_preset, crop=recipe.crop, normalization=space),
+        transform=preset(resolved.target_preset, crop=recipe.crop, normalization=space, **frames),
         return_mask=False,
         normalization=space,
     )

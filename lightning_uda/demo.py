@@ -30,6 +30,7 @@ from lightning_uda.methods import (
     DAFormerModule,
     DANNModule,
     FDAModule,
+    LSDSegModule,
     MCCModule,
     MICModule,
     MinEntModule,
@@ -84,6 +85,10 @@ DEMO_METHODS: dict[str, tuple[type[UDAModule], dict[str, Any], bool]] = {
     # (the identity), so the demo uses 0.05 (a 1-pixel window, the smallest that translates;
     # the paper's 0.05 on 1024×512 is 25 pixels). Entropy from the start, as the FDA README runs.
     "fda": (FDAModule, {"fda_beta": 0.05}, False),
+    # LSD-seg: the reference's loss weights and G/D optimisers; G and D narrowed for the CPU
+    # (16 and 32 channels instead of 64 and 128; at the reference widths D alone costs more than
+    # the TinyUNet) on the demo's own segmentor recipe.
+    "lsd_seg": (LSDSegModule, {"generator_width": 16, "discriminator_width": 32}, False),
     "mcc": (MCCModule, {"mcc_weight": 0.02}, False),
     "oracle": (SourceOnlyModule, {}, True),
 }

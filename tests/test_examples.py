@@ -315,3 +315,17 @@ def test_fda_beta_is_one_of_the_papers_and_reaches_the_module(common):
     wrong = common.parse_args("x", ["--method", "dacs", "--fda-beta", "0.05", "--print-recipe"])
     with pytest.raises(SystemExit, match="--method fda"):
         common.method_overrides(wrong)
+
+
+def test_lsd_seg_recipe_is_the_references(common):
+    r = common.resolve_recipe("lsd_seg", checkpoint="vgg16.pth")
+    kwargs = r.module_kwargs()
+    assert (kwargs["arch"], kwargs["encoder"], kwargs["optimizer"]) == ("fpn", "vgg16", "adamw")
+    assert (kwargs["lr"], kwargs["weight_decay"], kwargs["head_lr_mult"]) == (1e-5, 0.0, 1.0)
+    assert kwargs["poly_power"] == 0.0  # constant learning rate
+    assert (kwargs["generator_lr"], tuple(kwargs["generator_betas"])) == (1e-4, (0.7, 0.999))
+    assert (kwargs["adv_weight"], kwargs["class_weight"], kwargs["l1_weight"]) == (0.1, 0.1, 1.0)
+    assert r.recipe.resize == (320, 640) and r.recipe.batch_size == 1
+    assert "640×320" in r.format()
+    module = r.recipe.module_cls(num_classes=19, **{**kwargs, "encoder": "vgg11"})
+    assert type(module.model).__name__ == "FPN"

@@ -8,6 +8,7 @@ from lightning_uda.methods.dacs import DACSModule
 from lightning_uda.methods.daformer import DAFormerModule
 from lightning_uda.methods.dann import DANNModule, PixelDomainClassifier
 from lightning_uda.methods.fda import FDAModule, robust_entropy
+from lightning_uda.methods.lsd_seg import LSDSegModule
 from lightning_uda.methods.mcc import MCCModule
 from lightning_uda.methods.mic import MICModule
 from lightning_uda.methods.minent import MinEntModule
@@ -23,6 +24,7 @@ __all__ = [
     "DAFormerModule",
     "DANNModule",
     "FDAModule",
+    "LSDSegModule",
     "MCCModule",
     "MICModule",
     "MinEntModule",

@@ -7,6 +7,7 @@ from lightning_uda.models.daformer import DAFormer, DAFormerHead
 from lightning_uda.models.deeplabv2 import DeepLabV2
 from lightning_uda.models.discriminator import Discriminator
 from lightning_uda.models.grl import GradientReversal, dann_coefficient, gradient_reversal
+from lightning_uda.models.lsd_seg import LSDDiscriminator, LSDGenerator, PatchOutputs
 from lightning_uda.models.segmentor import (
     CheckpointReport,
     TinyUNet,
@@ -23,6 +24,9 @@ __all__ = [
     "DeepLabV2",
     "Discriminator",
     "GradientReversal",
+    "LSDDiscriminator",
+    "LSDGenerator",
+    "PatchOutputs",
     "TinyUNet",
     "build_segmentor",
     "dann_coefficient",
