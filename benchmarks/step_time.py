@@ -29,7 +29,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-METHODS = ["source_only", "dacs", "classmix", "minent", "advent", "mcc", "daformer", "mic"]
+METHODS = [
+    "source_only",
+    "dacs",
+    "classmix",
+    "minent",
+    "advent",
+    "adaptseg",
+    "mcc",
+    "dann",
+    "fda",
+    "lsd_seg",
+    "daformer",
+    "mic",
+]
 
 
 def _module_class(name: str) -> Any:
@@ -42,6 +55,10 @@ def _module_class(name: str) -> Any:
         "minent": methods.MinEntModule,
         "advent": methods.AdvEntModule,
         "mcc": methods.MCCModule,
+        "adaptseg": methods.AdaptSegNetModule,
+        "dann": methods.DANNModule,
+        "fda": methods.FDAModule,
+        "lsd_seg": methods.LSDSegModule,
         "daformer": methods.DAFormerModule,
         "mic": methods.MICModule,
     }[name]

@@ -7,7 +7,7 @@ from lightning_uda.losses.cross_entropy import (
     pixel_weighted_cross_entropy,
     upsample_logits,
 )
-from lightning_uda.losses.entropy import entropy_loss, entropy_map
+from lightning_uda.losses.entropy import entropy_loss, entropy_map, entropy_map_from_logits
 from lightning_uda.losses.feature_distance import (
     CITYSCAPES_THING_CLASSES,
     downscale_labels,
@@ -23,6 +23,7 @@ __all__ = [
     "cross_entropy",
     "entropy_loss",
     "entropy_map",
+    "entropy_map_from_logits",
     "minimum_class_confusion",
     "pixel_weighted_cross_entropy",
     "upsample_logits",

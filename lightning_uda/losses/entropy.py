@@ -7,7 +7,49 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["entropy_loss", "entropy_map"]
+__all__ = ["entropy_loss", "entropy_map", "entropy_map_from_logits"]
+
+
+class _EntropyMapFromLogits(torch.autograd.Function):
+    """``-softmax(z)·log_softmax(z) / ln K`` per channel, saving only ``z`` for the backward.
+
+    Autograd through softmax, log and product keeps four ``B×K×H×W`` tensors alive until the
+    backward; this function keeps the logits and recomputes the rest (one extra log-softmax in
+    the backward). Written by hand because PyTorch has no fused entropy kernel.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, logits: Tensor) -> Tensor:
+        ctx.save_for_backward(logits)
+        log_p = torch.log_softmax(logits, dim=1)
+        return -(log_p.exp() * log_p) / math.log(logits.shape[1])
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
+        (logits,) = ctx.saved_tensors
+        log_p = torch.log_softmax(logits, dim=1)
+        p = log_p.exp()
+        # dI_c/dp_c = -(ln p_c + 1) / ln K; then the softmax Jacobian p_j (g_j - Σ_c p_c g_c).
+        g = grad * (log_p + 1.0) * (-1.0 / math.log(logits.shape[1]))
+        return p * (g - (p * g).sum(dim=1, keepdim=True))
+
+
+def entropy_map_from_logits(logits: Tensor) -> Tensor:
+    """:func:`entropy_map` of ``softmax(logits)``, computed from the logits with less memory.
+
+    Equal to ``entropy_map(torch.softmax(logits, 1))`` (up to rounding; ``log_softmax`` needs no
+    clamp at ``p = 0``) with the same gradient, but only ``logits`` is kept for the backward
+    (AdvEnt's maps are ``K×H×W`` at the input resolution: 70 MB per 1280×720 GTA5 frame).
+
+    Args:
+        logits: ``B×C×H×W`` scores (``C >= 2``).
+
+    Returns:
+        ``B×C×H×W`` weighted self-information map.
+    """
+    if logits.shape[1] < 2:
+        raise ValueError(f"entropy needs at least 2 channels, got logits {tuple(logits.shape)}")
+    return _EntropyMapFromLogits.apply(logits)
 
 
 def entropy_map(probs: Tensor) -> Tensor:

@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from lightning_uda.losses import cross_entropy, entropy_map, upsample_logits
+from lightning_uda.losses import cross_entropy, entropy_map_from_logits, upsample_logits
 from lightning_uda.methods.base import UDAModule, check_range
 
 #: Output levels of a multi-level segmentor, in the order ``forward_multi`` returns them.
@@ -80,7 +79,9 @@ def entropy_maps(
     """AdvEnt's weighted self-information maps of each level at the input resolution.
 
     As AdvEnt: logits are interpolated to the input size first, then softmax, then
-    ``I = -p·log2(p) / log2(K)`` per channel (:func:`lightning_uda.losses.entropy_map`).
+    ``I = -p·log2(p) / log2(K)`` per channel (:func:`lightning_uda.losses.entropy_map`; computed
+    by :func:`~lightning_uda.losses.entropy_map_from_logits`, which keeps only the upsampled
+    logits for the backward).
 
     Args:
         logits: level → ``B×K×h×w`` logits.
@@ -92,8 +93,6 @@ def entropy_maps(
         level → ``B×K×H×W`` maps (channel sums are normalised entropies in ``[0, 1]``).
     """
     return {
-        level: entropy_map(
-            torch.softmax(upsample_logits(z, size, align_corners=align_corners), dim=1)
-        )
+        level: entropy_map_from_logits(upsample_logits(z, size, align_corners=align_corners))
         for level, z in logits.items()
     }

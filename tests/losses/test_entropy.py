@@ -54,3 +54,23 @@ def test_hand_computed_three_class_normalisation() -> None:
 def test_single_channel_is_rejected() -> None:
     with pytest.raises(ValueError, match="at least 2 channels"):
         entropy_map(torch.ones(1, 1, 2, 2))
+
+
+def test_entropy_map_from_logits_equals_the_map_of_the_softmax_with_its_gradient():
+    from lightning_uda.losses import entropy_map, entropy_map_from_logits
+
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(2, 5, 4, 3, dtype=torch.float64)).requires_grad_()
+    weights = torch.randn(2, 5, 4, 3, dtype=torch.float64)
+    ours = entropy_map_from_logits(logits)
+    reference = entropy_map(torch.softmax(logits, dim=1))
+    torch.testing.assert_close(ours, reference)
+    (g_ours,) = torch.autograd.grad((weights * ours).sum(), logits)
+    (g_ref,) = torch.autograd.grad((weights * reference).sum(), logits)
+    torch.testing.assert_close(g_ours, g_ref)
+    assert torch.autograd.gradcheck(entropy_map_from_logits, (logits[:1, :, :2, :2],))
+    # a saturated pixel (p = 1 for one class, 0 elsewhere): value and gradient 0, finite
+    hard = torch.tensor([[[[200.0]], [[0.0]]]], requires_grad=True)
+    out = entropy_map_from_logits(hard)
+    out.sum().backward()
+    assert torch.equal(out.detach(), torch.zeros_like(out)) and torch.isfinite(hard.grad).all()
