@@ -65,8 +65,8 @@ class AdvEntModule(MultiLevelModule):
     """AdvEnt: a discriminator on entropy maps makes target predictions look like source ones.
 
     Overridable hooks: :meth:`discriminator_inputs` (what D sees: the entropy maps here, the
-    softmax maps in :class:`~lightning_uda.methods.AdaptSegNetModule`), :meth:`domain_loss` (how
-    D's output is scored), :meth:`discriminator_losses` (the D objective).
+    softmax maps in :class:`~lightning_uda.methods.AdaptSegNetModule`), :meth:`domain_criterion`
+    (how D's output is scored), :meth:`discriminator_losses` (the D objective).
 
     **Iterations, not optimiser steps.** Lightning 2.x counts ``trainer.global_step`` (and stops at
     ``Trainer(max_steps=N)``) by the calls of ``LightningOptimizer.step()`` in manual
@@ -185,10 +185,15 @@ class AdvEntModule(MultiLevelModule):
             )
 
     def domain_loss(self, level: str, maps: Tensor, domain_label: float) -> Tensor:
-        """BCE-with-logits of discriminator ``level`` on ``maps`` against a constant label."""
+        """Discriminator ``level``'s loss on ``maps`` against a constant domain label."""
         logits = self.discriminators[level](
             maps.contiguous(memory_format=self.discriminator_format)
         )
+        return self.domain_criterion(logits, domain_label)
+
+    def domain_criterion(self, logits: Tensor, domain_label: float) -> Tensor:
+        """How D's output is scored: BCE-with-logits against a constant label (AdvEnt's; an
+        LS-GAN variant would return the mean squared error instead)."""
         return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, domain_label))
 
     def source_loss(self, source: Mapping[str, Tensor]) -> Tensor:
@@ -222,9 +227,18 @@ class AdvEntModule(MultiLevelModule):
                 self.discriminator_inputs(*self._detached_logits[domain])
                 for domain in ("source", "target")
             )
-        for level in self.discriminators:
-            loss_source = self.domain_loss(level, source[level], SOURCE_LABEL)
-            loss_target = self.domain_loss(level, target[level], TARGET_LABEL)
+        for level, discriminator in self.discriminators.items():
+            if source[level].shape[1:] == target[level].shape[1:]:
+                # One forward over both domains (D has no batch statistics, so each map's output
+                # is the same as alone), then each half scored against its own label.
+                maps = torch.cat([source[level], target[level]])
+                logits = discriminator(maps.contiguous(memory_format=self.discriminator_format))
+                split = source[level].shape[0]
+                loss_source = self.domain_criterion(logits[:split], SOURCE_LABEL)
+                loss_target = self.domain_criterion(logits[split:], TARGET_LABEL)
+            else:  # whole frames of different sizes (AdvEnt's GTA5 1280×720, Cityscapes 1024×512)
+                loss_source = self.domain_loss(level, source[level], SOURCE_LABEL)
+                loss_target = self.domain_loss(level, target[level], TARGET_LABEL)
             yield f"discriminator_{level}", 0.5 * (loss_source + loss_target)
 
     # ------------------------------------------------------------------ algorithm
@@ -245,7 +259,7 @@ class AdvEntModule(MultiLevelModule):
         self._detached_logits = {}
         if self._segmentor_stepped:
             self.discriminator_optimizer_step()
-            self.check_finite_state()
+            self.check_finite_state("discriminators")  # the rest was checked after its step
         return total
 
     def optimizer_steps(self) -> None:
