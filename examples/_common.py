@@ -19,11 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
-from lightning_uda.callbacks import ChecksummedCheckpointIO, SegmentationPanels
+from lightning_uda.callbacks import (
+    ChecksummedCheckpointIO,
+    SegmentationPanels,
+    UnsupervisedValidation,
+)
 from lightning_uda.data import Cityscapes, RareClassSampling, UDADataModule, preset
 from lightning_uda.data.transforms import EVALUATION_PROTOCOLS, PRESETS
 from lightning_uda.methods import (
@@ -38,10 +43,12 @@ from lightning_uda.methods import (
     MCCModule,
     MICModule,
     MinEntModule,
+    SelfTrainingModule,
     SourceOnlyModule,
     UDAModule,
 )
 from lightning_uda.normalization import get_normalization
+from lightning_uda.selection import SIGNALS
 
 #: The papers' initial-weight files and where their code / READMEs point to them.
 COCO_INIT = (
@@ -808,6 +815,53 @@ def resolve_recipe(
     )
 
 
+#: ``--select-by`` choices: the labelled target metric, or a label-free signal on unlabelled
+#: Cityscapes train images (:mod:`lightning_uda.selection`).
+SELECT_BY = ("val/mIoU", *(f"val_unsup/{name}" for name in SIGNALS))
+#: Unlabelled Cityscapes train images scored by ``--select-by val_unsup/<name>`` (a fixed random
+#: subset, the same for every run and seed, so that runs are scored on the same images).
+SELECT_IMAGES = 500
+SELECT_SEED = 0
+LABELLED_SELECTION_WARNING = (
+    "warning: selecting by labelled target val (val/mIoU): that is target supervision; pass "
+    "--select-by val_unsup/<name> to select without target labels"
+)
+
+
+def selection_line(select_by: str, method: str, val_every: int) -> str:
+    """How the run keeps its best checkpoint (printed with the recipe); exits for a signal the
+    method cannot give (``agreement`` without an EMA teacher)."""
+    if select_by == "val/mIoU":
+        return LABELLED_SELECTION_WARNING
+    name = select_by.split("/", 1)[1]
+    mode, description = SIGNALS[name]
+    if name == "agreement" and not issubclass(RECIPES[method].module_cls, SelfTrainingModule):
+        raise SystemExit(
+            f"--select-by {select_by}: {method} has no EMA teacher, so there is no student-teacher "
+            "agreement to select by; choose another signal (e.g. val_unsup/im)"
+        )
+    return (
+        f"model selection: best checkpoint by {select_by} ({'higher' if mode == 'max' else 'lower'}"
+        f" is better: {description}) on {SELECT_IMAGES} unlabelled Cityscapes train images, "
+        f"every signal logged as val_unsup/<name>; checkpoints ranked and saved at each "
+        f"validation (every {val_every:,} iterations); val/mIoU is logged for reporting only"
+    )
+
+
+def unlabelled_selection_images(
+    root: Path, transform: Any, normalization: str, count: int = SELECT_IMAGES
+) -> Dataset:
+    """A fixed random subset of ``count`` Cityscapes train images, without labels, for the
+    label-free signals (seeded with :data:`SELECT_SEED`, in file order)."""
+    images = Cityscapes(
+        root, split="train", transform=transform, return_mask=False, normalization=normalization
+    )
+    if len(images) <= count:
+        return images
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SELECT_SEED))
+    return Subset(images, sorted(order[:count].tolist()))
+
+
 def parse_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data-root", type=Path, help="folder with the datasets (for training)")
@@ -880,6 +934,14 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
         choices=[0.01, 0.05, 0.09],
         default=None,
         help="fda: the low-frequency window β (the paper trains 0.01, 0.05 and 0.09)",
+    )
+    parser.add_argument(
+        "--select-by",
+        choices=SELECT_BY,
+        default="val/mIoU",
+        help="metric that picks the best checkpoint: 'val/mIoU' (default; labelled target val, "
+        "i.e. target supervision) or a label-free signal 'val_unsup/<name>' computed on "
+        f"{SELECT_IMAGES} unlabelled Cityscapes train images (see lightning_uda.selection)",
     )
     parser.add_argument("--print-recipe", action="store_true", help="print the recipe and exit")
     parser.add_argument("--output", type=Path, default=Path("outputs"))
@@ -960,6 +1022,8 @@ def run(
         overrides=method_overrides(args),
     )
     print(resolved.format(), flush=True)
+    select_by = getattr(args, "select_by", "val/mIoU")
+    print(selection_line(select_by, args.method, resolved.val_every), flush=True)
     if args.print_recipe:
         return
     refuse_random_init(resolved, args)
@@ -983,12 +1047,13 @@ def run(
         normalization=space,
     )
     eval_size = {} if args.eval_size is None else {"resize": tuple(args.eval_size)}
+    val_transform = preset(
+        "cityscapes_val", protocol=args.eval_protocol, normalization=space, **eval_size
+    )
     val = Cityscapes(
         args.data_root / "cityscapes",
         split="val",
-        transform=preset(
-            "cityscapes_val", protocol=args.eval_protocol, normalization=space, **eval_size
-        ),
+        transform=val_transform,
         normalization=space,
     )
     datamodule = UDADataModule(
@@ -1018,13 +1083,31 @@ def run(
         from lightning.pytorch.loggers import CSVLogger
 
         logger = CSVLogger(args.output, name=run_name)
+    selection: list[Any] = []
+    mode = "max"
+    if select_by != "val/mIoU":
+        name = select_by.split("/", 1)[1]
+        mode = SIGNALS[name][0]
+        unlabelled = unlabelled_selection_images(
+            args.data_root / "cityscapes", val_transform, space
+        )
+        # every signal is logged (for comparison with val/mIoU); the selected one ranks
+        selection.append(UnsupervisedValidation(unlabelled, num_workers=args.num_workers))
+    score = (
+        "miou{val/mIoU:.1f}"
+        if select_by == "val/mIoU"
+        else (f"{select_by.split('/', 1)[1]}{{{select_by}:.4f}}-miou{{val/mIoU:.1f}}")
+    )
+    # Saved and ranked at the end of each validation (every --val-every steps), so each
+    # checkpoint carries its own validation's score; with every_n_train_steps it would be saved
+    # in the training step before that validation runs, ranked by the previous one's.
     checkpoints = ModelCheckpoint(
         dirpath=checkpoint_dir,
-        monitor="val/mIoU",
-        mode="max",
+        monitor=select_by,
+        mode=mode,
         save_last=True,
-        every_n_train_steps=resolved.snapshot_every,
-        filename="step{step}-miou{val/mIoU:.1f}",
+        save_on_train_epoch_end=False,
+        filename=f"step{{step}}-{score}",
         auto_insert_metric_name=False,
     )
     trainer = Trainer(
@@ -1038,7 +1121,7 @@ def run(
         val_check_interval=resolved.val_every,
         check_val_every_n_epoch=None,
         logger=logger,
-        callbacks=[checkpoints, LearningRateMonitor(), SegmentationPanels()],
+        callbacks=[checkpoints, LearningRateMonitor(), SegmentationPanels(), *selection],
         # a SHA-256 digest beside every checkpoint, verified when a run resumes from it
         plugins=[ChecksummedCheckpointIO()],
     )

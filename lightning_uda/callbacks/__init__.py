@@ -1,4 +1,5 @@
-"""Lightning callbacks: the EMA teacher, pseudo-label thresholding, prediction export, panels."""
+"""Lightning callbacks: the EMA teacher, pseudo-label thresholding, prediction export, panels,
+label-free validation signals."""
 
 from lightning_uda.callbacks.checkpoint import (
     CheckpointError,
@@ -13,6 +14,7 @@ from lightning_uda.callbacks.prediction_writer import (
     train_ids_to_label_ids,
 )
 from lightning_uda.callbacks.pseudo_label import PseudoLabelThreshold
+from lightning_uda.callbacks.unsupervised_validation import UnsupervisedValidation
 
 __all__ = [
     "CheckpointError",
@@ -23,6 +25,7 @@ __all__ = [
     "EMATeacher",
     "PseudoLabelThreshold",
     "SegmentationPanels",
+    "UnsupervisedValidation",
     "ema_coefficient",
     "ema_update",
     "train_ids_to_label_ids",

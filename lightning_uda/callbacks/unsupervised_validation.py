@@ -1,0 +1,585 @@
+"""`UnsupervisedValidation`: label-free selection signals on unlabelled target images.
+
+Selecting a checkpoint (or a loss weight) by ``val/mIoU`` on labelled target images uses the
+target labels that unsupervised domain adaptation assumes absent. This callback scores the model
+on an *unlabelled* target split at every validation with the signals of
+:mod:`lightning_uda.selection` and logs them as ``val_unsup/<name>``, so that::
+
+    ModelCheckpoint(monitor="val_unsup/im", mode="max")
+
+keeps the best checkpoint by a label-free criterion (``SIGNALS[name][0]`` is the mode). The
+labelled ``val/mIoU`` can still be logged next to it, for reporting.
+
+**When.** The signals are computed in ``on_validation_epoch_end``, on every rank, after the
+validation loop. Values logged there with ``pl_module.log`` reach ``trainer.callback_metrics``
+when the epoch's metrics are collected, which Lightning does before it calls
+``on_validation_end``, the hook in which ``ModelCheckpoint`` reads the monitored value (and
+Lightning runs checkpoint callbacks after all others anyway). Nothing is computed during the
+sanity check. The callback therefore needs a validation loop: keep a val dataloader (the
+labelled val set, for reporting) and ``limit_val_batches > 0``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_uda.constants import IGNORE_INDEX
+from lightning_uda.data.datamodule import _input_space
+from lightning_uda.data.rcs import (
+    class_frequencies,
+    class_pixel_counts,
+    default_stats_file,
+    load_or_compute_class_stats,
+)
+from lightning_uda.normalization import get_normalization
+from lightning_uda.selection import (
+    SIGNALS,
+    histogram_kl,
+    information_maximization_from_statistics,
+    miou_from_confusion,
+    pixel_entropy,
+    snd_of_rows,
+)
+
+__all__ = ["UnsupervisedValidation"]
+
+#: Prefix of the logged metrics.
+PREFIX = "val_unsup"
+#: Seeds of the SND pixel keys: batch ``i`` draws from ``seed + i * _BATCH_SEED_STRIDE``.
+_BATCH_SEED_STRIDE = 1_000_003
+
+
+def _images(batch: Any) -> Tensor:
+    """The ``B×3×H×W`` images of a batch: ``batch["image"]``, ``batch[0]`` or the batch."""
+    if isinstance(batch, Mapping):
+        if "image" not in batch:
+            raise ValueError(
+                f"UnsupervisedValidation: batches must carry 'image', got keys {sorted(batch)}"
+            )
+        images = batch["image"]
+    elif isinstance(batch, (list, tuple)):
+        images = batch[0]
+    else:
+        images = batch
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"UnsupervisedValidation: images must be B×C×H×W, got {shape}")
+    return images
+
+
+def _item_image(item: Any) -> Tensor:
+    """The ``3×H×W`` image of a dataset item: ``item["image"]``, ``item[0]`` or the item."""
+    if isinstance(item, Mapping):
+        return item["image"]
+    return item[0] if isinstance(item, (list, tuple)) else item
+
+
+def _collate_images(items: list[Any]) -> Tensor:
+    """Stack the items' images; anything else (masks, paths) is dropped."""
+    return torch.stack([_item_image(item) for item in items])
+
+
+class _Statistics:
+    """Sums over the pixels of a split, each a plain sum, so batches and ranks add up."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        device: torch.device,
+        threshold: float,
+        snd_pixels: int,
+        agreement: bool,
+    ) -> None:
+        k = num_classes
+        self.num_classes = k
+        self.threshold = threshold
+        self.snd_pixels = snd_pixels
+        double = dict(dtype=torch.float64, device=device)
+        self.pixels = torch.zeros((), **double)
+        self.entropy = torch.zeros((), **double)  # Σ per-pixel entropy (natural log)
+        self.confident = torch.zeros((), **double)
+        self.prob_sum = torch.zeros(k, **double)  # Σ p_i, for the mean prediction of IM
+        self.histogram = torch.zeros(k, **double)  # argmax counts, for the class KL
+        self.confusion = torch.zeros(k, k, **double) if agreement else None
+        # SND sample: the snd_pixels pixels with the smallest random keys seen so far.
+        self.keys = torch.empty(0)
+        self.rows = torch.empty(0, k, device=device)
+
+    def update(self, probs: Tensor, seed: int, agreement: tuple[Tensor, Tensor] | None) -> None:
+        b, k, h, w = probs.shape
+        self.pixels += b * h * w
+        self.entropy += pixel_entropy(probs).sum(dtype=torch.float64)
+        self.prob_sum += probs.sum(dim=(0, 2, 3), dtype=torch.float64)
+        max_prob, labels = probs.max(dim=1)
+        self.confident += (max_prob >= self.threshold).sum()
+        self.histogram += torch.bincount(labels.reshape(-1), minlength=k).double()
+        if self.confusion is not None and agreement is not None:
+            student, teacher = agreement
+            pairs = student.reshape(-1) * k + teacher.reshape(-1)
+            self.confusion += torch.bincount(pairs, minlength=k * k).reshape(k, k).double()
+        if self.snd_pixels > 0:
+            self._sample(probs, seed)
+
+    def _sample(self, probs: Tensor, seed: int) -> None:
+        b, k, h, w = probs.shape
+        n = b * h * w
+        keys = torch.rand(n, generator=torch.Generator().manual_seed(seed))
+        index = torch.arange(n)
+        if n > self.snd_pixels:  # as lightning_uda.selection.sample_pixels
+            keys, index = keys.topk(self.snd_pixels, largest=False, sorted=False)
+        index = index.to(probs.device)
+        rows = probs.flatten(2)[index // (h * w), :, index % (h * w)].to(self.rows.dtype)
+        self.keys = torch.cat([self.keys, keys])
+        self.rows = torch.cat([self.rows, rows])
+        if self.keys.numel() > self.snd_pixels:
+            self.keys, keep = self.keys.topk(self.snd_pixels, largest=False, sorted=False)
+            self.rows = self.rows[keep.to(self.rows.device)]
+
+    def flat(self) -> Tensor:
+        """Every additive statistic in one float64 vector (one all-reduce)."""
+        parts = [self.pixels[None], self.entropy[None], self.confident[None]]
+        parts += [self.prob_sum, self.histogram]
+        if self.confusion is not None:
+            parts.append(self.confusion.reshape(-1))
+        return torch.cat(parts)
+
+    def load_flat(self, flat: Tensor) -> None:
+        k = self.num_classes
+        self.pixels, self.entropy, self.confident = flat[0], flat[1], flat[2]
+        self.prob_sum, self.histogram = flat[3 : 3 + k], flat[3 + k : 3 + 2 * k]
+        if self.confusion is not None:
+            self.confusion = flat[3 + 2 * k :].reshape(k, k)
+
+    def padded_sample(self) -> tuple[Tensor, Tensor]:
+        """Keys and rows padded to ``snd_pixels`` (key +inf), so that every rank's gather has
+        one shape."""
+        missing = self.snd_pixels - self.keys.numel()
+        keys = torch.cat([self.keys, torch.full((missing,), float("inf"))])
+        rows = torch.cat([self.rows, self.rows.new_zeros(missing, self.num_classes)])
+        return keys.to(self.rows.device), rows
+
+    def merge_sample(self, keys: Tensor, rows: Tensor) -> None:
+        """Keep the ``snd_pixels`` smallest finite keys of gathered ``keys``/``rows``."""
+        keys, rows = keys.reshape(-1).cpu(), rows.reshape(-1, self.num_classes)
+        finite = torch.isfinite(keys)
+        keys, rows = keys[finite], rows[finite.to(rows.device)]
+        if keys.numel() > self.snd_pixels:
+            keys, keep = keys.topk(self.snd_pixels, largest=False, sorted=False)
+            rows = rows[keep.to(rows.device)]
+        self.keys, self.rows = keys, rows
+
+
+class UnsupervisedValidation(Callback):
+    """Log label-free selection signals ``val_unsup/<name>`` on unlabelled target images.
+
+    At every validation (not the sanity check) the student runs on the first ``max_batches``
+    batches of ``data`` (``pl_module.infer`` and a softmax, under ``torch.no_grad`` and with the
+    module in eval mode; every submodule's mode is restored afterwards) and the signals of
+    :data:`lightning_uda.selection.SIGNALS` are computed over all those pixels:
+
+    - ``entropy``: mean normalised entropy (lower is better);
+    - ``im``: information maximisation, with the mean prediction of the *whole* split;
+    - ``confident_fraction``: share of pixels with max probability >= ``confidence_threshold``;
+    - ``class_kl``: KL of the split's argmax class histogram from the source label frequencies;
+    - ``agreement``: mIoU (percent) between the student's and the teacher's argmax over the
+      split (one confusion matrix), for modules with a ``teacher`` (self-training methods). The
+      teacher runs as when it pseudo-labels (``pl_module.teacher_logits``: with
+      ``teacher_bn="train"`` its BatchNorm uses each batch's statistics), and both maps are
+      compared at the image resolution;
+    - ``snd``: soft neighbourhood density of the probability rows of ``snd_pixels`` pixels
+      drawn uniformly from the split (the smallest of per-pixel random keys; batch ``i`` draws
+      its keys from ``seed + 1_000_003·i``, so every validation, and every world size, scores the
+      same pixels).
+
+    Each is accumulated as split-level sums (entropy, probability and confidence sums, class
+    histogram, confusion matrix, SND sample), so the result equals one call of the
+    :mod:`lightning_uda.selection` function on all the split's pixels. Under DDP rank ``r`` of
+    ``W`` takes batches ``r, r + W, …`` and the sums are all-reduced (the SND samples gathered):
+    the values do not depend on the world size, and every rank logs the same ones.
+
+    **Resolution.** With ``upsample=True`` (default) the logits are upsampled to the image size
+    (``pl_module.upsample``, the module's ``align_corners`` rule), i.e. the signals score the
+    label map the model would output, as the evaluation does; ``upsample=False`` scores the
+    network's output resolution (``pl_module.infer``: 1/8 for DeepLabV2, 64× fewer pixels, and
+    bilinear upsampling does change the statistics: interpolated boundary pixels are less
+    confident). Compare values computed one way only.
+
+    **Source frequencies** (``class_kl``): ``source_frequencies`` if given, else counted from
+    the labels of the datamodule's source dataset (``trainer.datamodule.source``) on first use,
+    by rank 0 and broadcast: the rare-class-sampling statistics when the datamodule has them,
+    else :func:`~lightning_uda.data.rcs.class_pixel_counts` cached like them (under
+    ``$LIGHTNING_UDA_CACHE``). Counting GTA5's 24,966 labels takes minutes, once.
+
+    Args:
+        data: unlabelled target images: a ``Dataset`` (items ``{"image": 3×H×W, ...}``, e.g.
+            ``Cityscapes(root, "train", transform=preset("cityscapes_val"),
+            return_mask=False)``, or a ``Subset`` of it) or a ``DataLoader`` of batches
+            ``{"image": B×3×H×W, ...}`` (or ``(images, ...)`` tuples). Masks and other keys are
+            ignored. Prefer a dataset: under DDP each rank then loads only its own batches
+            (from a loader every rank reads every batch and skips the others'). Use a fixed
+            order (no shuffling), so every validation scores the same images.
+        max_batches: score the first ``max_batches`` batches only (``None``: all).
+        batch_size: images per batch when ``data`` is a dataset.
+        num_workers: loader workers when ``data`` is a dataset.
+        signals: names from :data:`~lightning_uda.selection.SIGNALS` to compute; ``None``
+            (default) computes all that apply: ``agreement`` only for a module with a teacher
+            (skipped silently otherwise), ``class_kl`` only with a source
+            (``source_frequencies`` or a datamodule with a ``source`` dataset; skipped with a
+            warning otherwise). Named explicitly, a missing source is an error and a missing
+            teacher a warning (so one list can serve every method).
+        snd_pixels: SND pixel budget N (its value depends on N: compare equal budgets).
+        snd_temperature: SND temperature τ (0.05).
+        confidence_threshold: τ of ``confident_fraction`` (0.968, DACS').
+        source_frequencies: ``K`` source class frequencies for ``class_kl``.
+        kl_eps: smoothing of both distributions of ``class_kl``.
+        upsample: score the logits upsampled to the image size (see above).
+        seed: seed of the SND pixel sample.
+
+    Raises:
+        TypeError: ``data`` is neither a ``Dataset`` nor a ``DataLoader``.
+        ValueError: an unknown signal name, a non-positive budget, batch size or temperature, a
+            threshold outside [0, 1], or negative / all-zero ``source_frequencies``; when
+            scoring: images in another input space than the module's, ``source_frequencies``
+            of the wrong length, or ``class_kl`` requested without any source.
+
+    Example:
+        >>> unlabelled = Cityscapes(root, "train", transform=preset("cityscapes_val"),
+        ...                         return_mask=False)  # doctest: +SKIP
+        >>> callbacks = [UnsupervisedValidation(unlabelled, max_batches=500),
+        ...              ModelCheckpoint(monitor="val_unsup/im", mode="max")]  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        data: Dataset | DataLoader,
+        *,
+        max_batches: int | None = None,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        signals: Sequence[str] | None = None,
+        snd_pixels: int = 2048,
+        snd_temperature: float = 0.05,
+        confidence_threshold: float = 0.968,
+        source_frequencies: Sequence[float] | Tensor | None = None,
+        kl_eps: float = 1e-6,
+        upsample: bool = True,
+        seed: int = 0,
+    ) -> None:
+        name = type(self).__name__
+        if not isinstance(data, (Dataset, DataLoader)):
+            raise TypeError(f"{name}: data must be a Dataset or a DataLoader, got {type(data)}")
+        if isinstance(signals, str):
+            signals = [signals]
+        unknown = [s for s in signals or () if s not in SIGNALS]
+        if unknown:
+            raise ValueError(f"{name}: unknown signal(s) {unknown}; choose from {list(SIGNALS)}")
+        if signals is not None and not signals:
+            raise ValueError(f"{name}: signals is empty; pass None for all of {list(SIGNALS)}")
+        if max_batches is not None and max_batches < 1:
+            raise ValueError(f"{name}: max_batches must be >= 1 or None, got {max_batches}")
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError(
+                f"{name}: batch_size must be >= 1 and num_workers >= 0, got {batch_size} and "
+                f"{num_workers}"
+            )
+        if snd_pixels < 2:
+            raise ValueError(
+                f"{name}: snd_pixels must be >= 2 (SND compares pixels), got {snd_pixels}"
+            )
+        if not snd_temperature > 0:
+            raise ValueError(f"{name}: snd_temperature must be > 0, got {snd_temperature}")
+        if not 0.0 <= confidence_threshold <= 1.0:
+            raise ValueError(
+                f"{name}: confidence_threshold must be in [0, 1], got {confidence_threshold}"
+            )
+        if kl_eps < 0:
+            raise ValueError(f"{name}: kl_eps must be >= 0, got {kl_eps}")
+        self.data = data
+        self.max_batches = max_batches
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.explicit = signals is not None
+        self.signals: tuple[str, ...] = tuple(dict.fromkeys(signals or SIGNALS))
+        self.snd_pixels = snd_pixels
+        self.snd_temperature = snd_temperature
+        self.confidence_threshold = confidence_threshold
+        self.kl_eps = kl_eps
+        self.upsample = upsample
+        self.seed = int(seed)
+        self.source_frequencies = (
+            None if source_frequencies is None else self._check_frequencies(source_frequencies)
+        )
+        #: The values of the last evaluation, name → float (without the prefix).
+        self.last_results: dict[str, float] = {}
+        self._warned: set[str] = set()
+        self._space_checked = False
+
+    @staticmethod
+    def _check_frequencies(frequencies: Sequence[float] | Tensor) -> Tensor:
+        values = torch.as_tensor(frequencies, dtype=torch.float64).reshape(-1).clone()
+        if not bool(torch.isfinite(values).all()) or bool((values < 0).any()):
+            raise ValueError("UnsupervisedValidation: source_frequencies must be finite and >= 0")
+        if float(values.sum()) <= 0:
+            raise ValueError("UnsupervisedValidation: source_frequencies sum to 0")
+        return values / values.sum()
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Every rank logs the same, already all-reduced values (sync_dist=False on purpose);
+        # Lightning's advice to sync them across devices does not apply.
+        warnings.filterwarnings(
+            "ignore",
+            message=rf"It is recommended to use `self.log\('{PREFIX}/",
+            category=PossibleUserWarning,
+        )
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        results = self.evaluate(pl_module, trainer)
+        for name, value in results.items():
+            pl_module.log(f"{PREFIX}/{name}", value, sync_dist=False)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(
+        self, pl_module: LightningModule, trainer: Trainer | None = None
+    ) -> dict[str, float]:
+        """Score ``pl_module`` on the unlabelled data: signal name → value.
+
+        Called by the hook; callable directly too (e.g. to score a loaded checkpoint), with
+        ``trainer=None`` outside a run (no DDP reduction, no datamodule: ``class_kl`` then needs
+        ``source_frequencies``). Under DDP every rank must call it.
+        """
+        trainer = trainer if trainer is not None else getattr(pl_module, "_trainer", None)
+        num_classes = int(getattr(pl_module, "num_classes", 0) or 0)
+        if num_classes < 2:
+            raise ValueError(
+                f"UnsupervisedValidation: the module needs num_classes >= 2, got {num_classes}"
+            )
+        self._check_input_space(pl_module)
+        teacher = getattr(pl_module, "teacher", None)
+        wanted = list(self.signals)
+        if "agreement" in wanted and not isinstance(teacher, nn.Module):
+            wanted.remove("agreement")
+            if self.explicit:
+                self._warn_once(
+                    "agreement",
+                    f"UnsupervisedValidation: {type(pl_module).__name__} has no teacher, so "
+                    "'agreement' (student vs EMA teacher) is not computed.",
+                )
+        frequencies = None
+        if "class_kl" in wanted:
+            frequencies = self._frequencies(trainer, pl_module, num_classes)
+            if frequencies is None:
+                wanted.remove("class_kl")
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        stats = _Statistics(
+            num_classes,
+            pl_module.device,
+            self.confidence_threshold,
+            self.snd_pixels if "snd" in wanted else 0,
+            agreement="agreement" in wanted,
+        )
+        modes = [(m, m.training) for m in pl_module.modules()]
+        pl_module.eval()
+        try:
+            context = trainer.precision_plugin.val_step_context() if trainer else None
+            with torch.no_grad(), context or contextlib.nullcontext():
+                for index, images in self._batches(rank, world):
+                    self._update(stats, pl_module, images, index, "agreement" in wanted)
+        finally:
+            for module, training in modes:
+                module.training = training
+        if world > 1:
+            assert trainer is not None
+            stats.load_flat(trainer.strategy.reduce(stats.flat(), reduce_op="sum"))
+            if "snd" in wanted:
+                keys, rows = stats.padded_sample()
+                stats.merge_sample(pl_module.all_gather(keys), pl_module.all_gather(rows))
+        results = self._results(stats, wanted, frequencies)
+        self.last_results = results
+        return results
+
+    def _update(
+        self,
+        stats: _Statistics,
+        pl_module: LightningModule,
+        images: Tensor,
+        index: int,
+        agreement: bool,
+    ) -> None:
+        images = images.to(pl_module.device, non_blocking=True)
+        size = tuple(images.shape[-2:])
+        infer = getattr(pl_module, "infer", pl_module)
+        logits = infer(images).float()
+        full = self._resize(pl_module, logits, size) if self.upsample else logits
+        probs = torch.softmax(full, dim=1)
+        pair = None
+        if agreement:
+            student = full if self.upsample else self._resize(pl_module, logits, size)
+            teacher_logits = getattr(pl_module, "teacher_logits", None)
+            if callable(teacher_logits):
+                teacher = teacher_logits(images)
+            else:
+                teacher = pl_module.teacher(images)
+            teacher = self._resize(pl_module, teacher.float(), size)
+            pair = (student.argmax(dim=1), teacher.argmax(dim=1))
+        stats.update(probs, self.seed + index * _BATCH_SEED_STRIDE, pair)
+
+    @staticmethod
+    def _resize(pl_module: LightningModule, logits: Tensor, size: tuple[int, int]) -> Tensor:
+        if tuple(logits.shape[-2:]) == size:
+            return logits
+        upsample = getattr(pl_module, "upsample", None)
+        if callable(upsample):
+            return upsample(logits, size)
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+    def _results(
+        self, stats: _Statistics, wanted: list[str], frequencies: Tensor | None
+    ) -> dict[str, float]:
+        pixels = float(stats.pixels)
+        if pixels == 0:
+            return {name: math.nan for name in wanted}
+        k = stats.num_classes
+        results: dict[str, float] = {}
+        for name in wanted:
+            if name == "entropy":
+                value = stats.entropy / pixels / math.log(k)
+            elif name == "im":
+                value = information_maximization_from_statistics(
+                    stats.prob_sum / pixels, stats.entropy / pixels
+                )
+            elif name == "confident_fraction":
+                value = stats.confident / pixels
+            elif name == "class_kl":
+                assert frequencies is not None
+                value = histogram_kl(stats.histogram, frequencies, self.kl_eps)
+            elif name == "agreement":
+                assert stats.confusion is not None
+                value = miou_from_confusion(stats.confusion)
+            else:  # snd
+                rows = stats.rows
+                value = snd_of_rows(rows, self.snd_temperature) if len(rows) > 1 else math.nan
+            results[name] = float(value)
+        return results
+
+    # ------------------------------------------------------------------ data
+    def _batches(self, rank: int, world: int) -> Iterator[tuple[int, Tensor]]:
+        """``(global batch index, images)`` of this rank's share of the first batches."""
+        data = self.data
+        if isinstance(data, DataLoader):
+            for index, batch in enumerate(data):
+                if self.max_batches is not None and index >= self.max_batches:
+                    return
+                if index % world == rank:
+                    yield index, _images(batch)
+            return
+        size = len(data)  # type: ignore[arg-type]
+        count = math.ceil(size / self.batch_size)
+        if self.max_batches is not None:
+            count = min(count, self.max_batches)
+        mine = list(range(rank, count, world))
+        if not mine:
+            return
+        batches = [
+            list(range(i * self.batch_size, min(size, (i + 1) * self.batch_size))) for i in mine
+        ]
+        loader = DataLoader(
+            data,
+            batch_sampler=batches,
+            num_workers=self.num_workers,
+            collate_fn=_collate_images,
+            pin_memory=torch.cuda.is_available(),
+            # an own generator: loading never draws from the global RNG of the training run
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+        yield from zip(mine, loader, strict=True)
+
+    def _check_input_space(self, pl_module: LightningModule) -> None:
+        if self._space_checked:
+            return
+        self._space_checked = True
+        dataset = self.data.dataset if isinstance(self.data, DataLoader) else self.data
+        data_space = _input_space(dataset)
+        module_space = getattr(pl_module, "normalization", None)
+        if data_space is None or module_space is None:
+            return
+        if data_space != get_normalization(module_space):
+            self._space_checked = False
+            raise ValueError(
+                f"UnsupervisedValidation: the unlabelled images are normalised as "
+                f"{data_space.name!r} ({data_space}) but {type(pl_module).__name__} expects "
+                f"{module_space.name!r}. Build the dataset with normalization="
+                f"{module_space.name!r} (and its transform with the same)."
+            )
+
+    # ------------------------------------------------------------------ source frequencies
+    def _frequencies(
+        self, trainer: Trainer | None, pl_module: LightningModule, num_classes: int
+    ) -> Tensor | None:
+        if self.source_frequencies is None:
+            datamodule = getattr(trainer, "datamodule", None) if trainer else None
+            source = getattr(datamodule, "source", None)
+            if source is None:
+                message = (
+                    "UnsupervisedValidation: 'class_kl' needs the source label distribution: "
+                    "pass source_frequencies=[...] (K values), or train with a datamodule that "
+                    "has a `source` dataset."
+                )
+                if self.explicit:
+                    raise ValueError(message)
+                self._warn_once("class_kl", message + " It is skipped.")
+                return None
+            assert trainer is not None
+            frequencies = None
+            if trainer.is_global_zero:
+                frequencies = self._count_source(datamodule, source, pl_module, num_classes)
+            frequencies = trainer.strategy.broadcast(frequencies, src=0)
+            self.source_frequencies = self._check_frequencies(frequencies)
+        if self.source_frequencies.numel() != num_classes:
+            raise ValueError(
+                f"UnsupervisedValidation: source_frequencies has {self.source_frequencies.numel()}"
+                f" entries but the module has {num_classes} classes"
+            )
+        return self.source_frequencies
+
+    @staticmethod
+    def _count_source(
+        datamodule: Any, source: Dataset, pl_module: LightningModule, num_classes: int
+    ) -> list[float]:
+        if getattr(datamodule, "rare_class_sampling", None) is not None and callable(
+            getattr(datamodule, "class_pixel_counts", None)
+        ):
+            counts = datamodule.class_pixel_counts()
+        else:
+            ignore = int(
+                getattr(
+                    datamodule, "ignore_index", getattr(pl_module, "ignore_index", IGNORE_INDEX)
+                )
+            )
+            stats_file = default_stats_file(source)
+            if stats_file is None:
+                counts = class_pixel_counts(source, num_classes, ignore, progress=True)
+            else:
+                counts = load_or_compute_class_stats(
+                    source, stats_file, num_classes, ignore, progress=True
+                )
+        return class_frequencies(counts).tolist()
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            rank_zero_warn(message)
