@@ -879,6 +879,7 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
         "--max-steps", type=int, default=None, help="stop earlier than the recipe (schedule kept)"
     )
     parser.add_argument("--val-every", type=int, default=None, help="default: the snapshot rate")
+    parser.add_argument("--log-every", type=int, default=50, help="steps between logged scalars")
     parser.add_argument(
         "--eval-protocol",
         choices=sorted(EVALUATION_PROTOCOLS),
@@ -942,6 +943,12 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
         help="metric that picks the best checkpoint: 'val/mIoU' (default; labelled target val, "
         "i.e. target supervision) or a label-free signal 'val_unsup/<name>' computed on "
         f"{SELECT_IMAGES} unlabelled Cityscapes train images (see lightning_uda.selection)",
+    )
+    parser.add_argument(
+        "--monitor-pseudo-labels",
+        action="store_true",
+        help="read the Cityscapes train labels to log the pseudo-labels' accuracy and mIoU "
+        "beside their coverage (pseudo/*; monitoring only, never trained on)",
     )
     parser.add_argument("--print-recipe", action="store_true", help="print the recipe and exit")
     parser.add_argument("--output", type=Path, default=Path("outputs"))
@@ -1043,7 +1050,8 @@ def run(
         args.data_root / "cityscapes",
         split="train",
         transform=preset(resolved.target_preset, crop=recipe.crop, normalization=space, **frames),
-        return_mask=False,
+        # labels only for monitoring the pseudo-labels (never trained on)
+        return_mask=args.monitor_pseudo_labels,
         normalization=space,
     )
     eval_size = {} if args.eval_size is None else {"resize": tuple(args.eval_size)}
@@ -1064,6 +1072,7 @@ def run(
         val_batch_size=1,
         num_workers=args.num_workers,
         seed=args.seed,
+        target_monitor_labels=args.monitor_pseudo_labels,
         rare_class_sampling=(
             RareClassSampling(stats_file=args.class_stats) if recipe.rare_class_sampling else None
         ),
@@ -1117,6 +1126,7 @@ def run(
         sync_batchnorm=resolved.sync_batchnorm and _on_gpu(args.accelerator),
         precision=args.precision,
         max_steps=resolved.stop_steps,
+        log_every_n_steps=args.log_every,
         max_epochs=-1,
         val_check_interval=resolved.val_every,
         check_val_every_n_epoch=None,

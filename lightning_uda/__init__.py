@@ -11,6 +11,7 @@ from lightning_uda.callbacks import (
     EMATeacher,
     PseudoLabelThreshold,
     SegmentationPanels,
+    UnsupervisedValidation,
 )
 from lightning_uda.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from lightning_uda.data import (
@@ -18,6 +19,7 @@ from lightning_uda.data import (
     SYNTHIA,
     Cityscapes,
     DigitScenes,
+    RareClassSampling,
     SegmentationFolder,
     UDADataModule,
     demo_datamodule,
@@ -31,9 +33,14 @@ from lightning_uda.losses import (
     pixel_weighted_cross_entropy,
 )
 from lightning_uda.methods import (
+    AdaptSegNetModule,
     AdvEntModule,
     ClassMixModule,
     DACSModule,
+    DAFormerModule,
+    DANNModule,
+    FDAModule,
+    LSDSegModule,
     MCCModule,
     MICModule,
     MinEntModule,
@@ -41,14 +48,37 @@ from lightning_uda.methods import (
     SourceOnlyModule,
     UDAModule,
 )
-from lightning_uda.mixing import StrongAugment, block_mask, class_mix_mask, mix
-from lightning_uda.models import DeepLabV2, Discriminator, TinyUNet, build_segmentor
+from lightning_uda.mixing import (
+    StrongAugment,
+    block_mask,
+    class_mix_mask,
+    fourier_domain_adaptation,
+    mix,
+)
+from lightning_uda.models import (
+    DAFormer,
+    DeepLabV2,
+    Discriminator,
+    GradientReversal,
+    TinyUNet,
+    build_segmentor,
+)
 from lightning_uda.normalization import CAFFE, IMAGENET, InputNormalization, get_normalization
 
 __version__ = "0.1.0"
 
 __all__ = [
     "GTA5",
+    "AdaptSegNetModule",
+    "DAFormer",
+    "DAFormerModule",
+    "DANNModule",
+    "FDAModule",
+    "GradientReversal",
+    "LSDSegModule",
+    "RareClassSampling",
+    "UnsupervisedValidation",
+    "fourier_domain_adaptation",
     "AdvEntModule",
     "CheckpointError",
     "ChecksummedCheckpointIO",

@@ -292,6 +292,9 @@ def test_gta_example_trains_and_validates_on_real_format_files(common, tmp_path,
             "0",
             "--output",
             str(tmp_path / "out"),
+            "--monitor-pseudo-labels",
+            "--log-every",
+            "1",
         ],
     )
     from lightning_uda.data import GTA5
@@ -302,6 +305,9 @@ def test_gta_example_trains_and_validates_on_real_format_files(common, tmp_path,
         source_name="gta5",
     )
     assert list((tmp_path / "out").rglob("last.ckpt"))
+    (metrics,) = (tmp_path / "out").rglob("metrics.csv")
+    header = metrics.read_text().splitlines()[0].split(",")
+    assert {"pseudo/accuracy", "pseudo/confident_fraction", "val/mIoU"} <= set(header)
 
 
 def test_fda_beta_is_one_of_the_papers_and_reaches_the_module(common):

@@ -44,7 +44,14 @@ from torch import Tensor
 from lightning_uda.constants import IGNORE_INDEX
 from lightning_uda.normalization import NormalizationLike, get_normalization
 
-__all__ = ["SegmentationPanels", "denormalize", "wandb_class_labels", "wandb_mask"]
+__all__ = [
+    "SegmentationPanels",
+    "confusion_heatmap",
+    "denormalize",
+    "normalized_confusion",
+    "wandb_class_labels",
+    "wandb_mask",
+]
 
 #: Largest class id a W&B mask can hold (masks are stored as int8).
 MAX_MASK_ID = 127
@@ -54,6 +61,23 @@ def denormalize(images: Tensor, normalization: NormalizationLike | None = None) 
     """``B×3×H×W`` tensors in the input space ``normalization`` (default ImageNet) →
     ``B×H×W×3`` uint8 RGB."""
     return get_normalization(normalization).to_uint8(images)
+
+
+def normalized_confusion(confusion: Tensor) -> Tensor:
+    """Row-normalised ``K×K`` confusion matrix: entry ``(i, j)`` is the fraction of the pixels
+    labelled ``i`` that were predicted ``j`` (rows of classes absent from the labels are 0)."""
+    confusion = confusion.double()
+    totals = confusion.sum(dim=1, keepdim=True)
+    return torch.where(totals > 0, confusion / totals.clamp_min(1), torch.zeros_like(confusion))
+
+
+def confusion_heatmap(normalized: Tensor, cell: int = 16) -> np.ndarray:
+    """An RGB picture of a normalised confusion matrix: white (0) to dark blue (1), ``cell``
+    pixels per entry, rows = labels, columns = predictions."""
+    values = normalized.clamp(0, 1).cpu().numpy()
+    white, blue = np.array([255.0, 255.0, 255.0]), np.array([8.0, 48.0, 107.0])
+    rgb = white + values[..., None] * (blue - white)
+    return np.kron(rgb, np.ones((cell, cell, 1))).astype(np.uint8)
 
 
 def wandb_class_labels(names: Sequence[str]) -> dict[int, str]:
@@ -99,6 +123,9 @@ class SegmentationPanels(Callback):
       (``pl_module.segment``), at every validation;
     - ``val/IoU_per_class``: a bar chart of ``pl_module.last_iou["val"]`` after every
       validation (its table is ``val/IoU_per_class_table``).
+    - ``val/confusion_matrix``: the row-normalised pixel confusion matrix of that validation
+      (``pl_module.last_confusion["val"]``) as a heatmap, its values in
+      ``val/confusion_matrix_table``.
 
     Masks show the ignore label as class ``K`` named ``"ignore"``. Panels are logged as rows of
     their own at Lightning's ``trainer/global_step`` (see the module docstring). Nothing is done
@@ -201,4 +228,22 @@ class SegmentationPanels(Callback):
         rows = [[n, float(v)] for n, v in zip(names, per_class, strict=True)]
         table = wandb.Table(data=rows, columns=["class", "IoU"])
         chart = wandb.plot.bar(table, "class", "IoU", title="val IoU")
-        logger.log_metrics({"val/IoU_per_class": chart}, step=self._step(trainer))
+        panels: dict[str, Any] = {"val/IoU_per_class": chart}
+        confusion = getattr(pl_module, "last_confusion", {}).get("val")
+        if confusion is not None:
+            normalized = normalized_confusion(confusion)
+            panels["val/confusion_matrix"] = wandb.Image(
+                confusion_heatmap(normalized),
+                caption="rows: label, columns: prediction; each row sums to 1 (class order: "
+                + ", ".join(names)
+                + ")",
+            )
+            cells = [
+                [names[i], names[j], float(normalized[i, j])]
+                for i in range(len(names))
+                for j in range(len(names))
+            ]
+            panels["val/confusion_matrix_table"] = wandb.Table(
+                data=cells, columns=["label", "prediction", "fraction of the label's pixels"]
+            )
+        logger.log_metrics(panels, step=self._step(trainer))

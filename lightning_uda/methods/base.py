@@ -308,6 +308,9 @@ class UDAModule(LightningModule):
         self.rng = torch.Generator().manual_seed(seed)
         #: Per-class IoU (percent, CPU) of the last evaluation, by prefix ("val", "test").
         self.last_iou: dict[str, Tensor] = {}
+        #: ``K×K`` pixel confusion matrix (rows: label, columns: prediction; summed over the DDP
+        #: ranks, void excluded) of the last evaluation, by prefix.
+        self.last_confusion: dict[str, Tensor] = {}
 
     # ------------------------------------------------------------------ model and classes
     def forward(self, images: Tensor) -> Tensor:
@@ -753,6 +756,8 @@ class UDAModule(LightningModule):
 
     def _log_iou(self, metric: MulticlassJaccardIndex, prefix: str) -> dict[str, float]:
         per_class = metric.compute() * 100.0  # percent, as the papers report
+        with metric.sync_context():
+            self.last_confusion[prefix] = metric.confmat.detach().cpu().clone()
         metric.reset()
         results: dict[str, float] = {}
         for name, iou in zip(self.class_names, per_class, strict=True):

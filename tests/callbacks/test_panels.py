@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -90,17 +91,20 @@ def test_every_panel_reaches_the_offline_run(tmp_path, monkeypatch, capfd, log_e
     mixed = run.rows_with("train/mixed_batch")
     examples = run.rows_with("val/examples")
     charts = run.rows_with("val/IoU_per_class_table")  # the table behind the bar chart
+    confusion = run.rows_with("val/confusion_matrix")
     warnings = sum(text.count(STEP_WARNING) for text in (run.output, console.out, console.err))
     found = {
         "train/mixed_batch": len(mixed),
         "val/examples": len(examples),
         "val/IoU_per_class": len(charts),
+        "val/confusion_matrix": len(confusion),
         "past-step warnings": warnings,
     }
     assert found == {
         "train/mixed_batch": 3,  # after steps 2, 4, 6
         "val/examples": 3,
         "val/IoU_per_class": 3,
+        "val/confusion_matrix": 3,
         "past-step warnings": 0,
     }
     assert "val/IoU_per_class" in run.config["_wandb"]["visualize"]  # the chart's spec
@@ -149,3 +153,35 @@ def test_masks_map_the_ignore_label_to_a_class_id_that_fits_int8():
     stored = np.asarray(Image.open(image._masks["ground_truth"]._path))
     assert stored.tolist() == [[0, 1, 2], [3, 3, 1]]
     assert image._masks["ground_truth"]._val["class_labels"][3] == "ignore"
+
+
+def test_normalized_confusion_and_heatmap_by_hand():
+    from lightning_uda.callbacks.panels import confusion_heatmap, normalized_confusion
+
+    confusion = torch.tensor([[3, 1, 0], [0, 0, 0], [2, 2, 4]])
+    normalized = normalized_confusion(confusion)
+    expected = torch.tensor([[0.75, 0.25, 0.0], [0.0, 0.0, 0.0], [0.25, 0.25, 0.5]])
+    torch.testing.assert_close(normalized, expected.double())
+    picture = confusion_heatmap(normalized, cell=2)
+    assert picture.shape == (6, 6, 3) and picture.dtype == np.uint8
+    assert picture[0, 4].tolist() == [255, 255, 255]  # 0: white
+    assert picture[4, 4].tolist() == [131, 151, 181]  # 0.5: half-way to dark blue
+
+
+def test_validation_keeps_the_confusion_matrix_of_the_split():
+    from torch.utils.data import DataLoader
+
+    from lightning_uda.methods import SourceOnlyModule
+
+    from ..methods.test_base import OneHotModel
+
+    pred = torch.tensor([[0, 0, 1, 1, 2, 2, 0, 1]])
+    label = torch.tensor([[0, 1, 1, 1, 2, 0, 255, 1]])
+    image = pred.float().view(1, 1, 1, 8).expand(1, 3, 1, 8)
+    data = [{"image": image[0], "mask": label.view(1, 8)}]
+    module = SourceOnlyModule(OneHotModel(3), num_classes=3, class_names=["a", "b", "c"])
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer.validate(module, dataloaders=DataLoader(data, batch_size=1))
+    # rows = labels, columns = predictions, the void pixel left out
+    expected = torch.tensor([[1, 0, 1], [1, 3, 0], [0, 0, 1]])
+    assert torch.equal(module.last_confusion["val"].long(), expected)
