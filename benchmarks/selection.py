@@ -202,12 +202,12 @@ def tables(runs: list[dict[str, Any]]) -> str:
             rho = _mean([s[name]["rho"] for s in scores if name in s])
             regret = _mean([s[name]["regret"] for s in scores if name in s])
             summary.setdefault(method, {})[name] = regret
-            cells.append("—" if math.isnan(regret) else f"{rho:+.2f} / {regret:.1f}")
-        lines.append(
-            f"| {method} | {len(method_runs)} | {best:.1f} / {last:.1f} | "
-            + " | ".join(cells)
-            + " |"
-        )
+            if math.isnan(regret):
+                cells.append("—")
+            else:
+                cells.append(("—" if math.isnan(rho) else f"{rho:+.2f}") + f" / {regret:.1f}")
+        row = f"| {method} | {len(method_runs)} | {best:.1f} / {last:.1f} | "
+        lines.append(row + " | ".join(cells) + " |")
     lines += ["", "| family | methods | lowest mean regret | last checkpoint's regret |"]
     lines.append("|---|---|---|---:|")
     for family, methods in FAMILIES.items():
@@ -229,6 +229,35 @@ def tables(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def demo_table(runs: list[dict[str, Any]]) -> str:
+    """The demo's target-val table from the runs' last checkpoints (= ``lightning-uda demo``)."""
+    by_method: dict[str, list[float]] = {}
+    times: dict[str, list[float]] = {}
+    for run in runs:
+        by_method.setdefault(run["method"], []).append(run["records"][-1]["target_miou"])
+        times.setdefault(run["method"], []).append(run["wall_time_s"])
+    base = by_method.get("source_only")
+    base_mean = sum(base) / len(base) if base else float("nan")
+    lines = [
+        "| method | target-val mIoU (per seed) | mean ± std | Δ vs SourceOnly | train time (s) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for method, values in by_method.items():
+        mean = sum(values) / len(values)
+        std = (
+            math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+            if len(values) > 1
+            else 0.0
+        )
+        seeds = " / ".join(f"{v:.1f}" for v in values)
+        wall = sum(times[method]) / len(times[method])
+        lines.append(
+            f"| {method} | {seeds} | {mean:.1f} ± {std:.1f} | {mean - base_mean:+.1f} | "
+            f"{wall:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     from lightning_uda.demo import DEMO_METHODS, DEMO_STEPS
 
@@ -242,7 +271,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="runs at once (1 thread each)")
     parser.add_argument("--json", type=Path, default=RESULTS)
     parser.add_argument("--run", nargs=2, help=argparse.SUPPRESS)  # internal: method seed
+    parser.add_argument(
+        "--report", action="store_true", help="only print the tables of an existing --json"
+    )
     args = parser.parse_args()
+
+    if args.report:
+        runs = json.loads(args.json.read_text())["runs"]
+        print(demo_table(runs))
+        print()
+        print(tables(runs))
+        return
 
     if args.run:
         method, seed = args.run[0], int(args.run[1])
@@ -283,6 +322,8 @@ def main() -> None:
     runs.sort(key=lambda r: (list(DEMO_METHODS).index(r["method"]), r["seed"]))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"every": args.every, "runs": runs}, indent=1))
+    print(demo_table(runs))
+    print()
     print(tables(runs))
 
 
