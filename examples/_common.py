@@ -939,10 +939,12 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
     parser.add_argument(
         "--select-by",
         choices=SELECT_BY,
-        default="val/mIoU",
-        help="metric that picks the best checkpoint: 'val/mIoU' (default; labelled target val, "
-        "i.e. target supervision) or a label-free signal 'val_unsup/<name>' computed on "
-        f"{SELECT_IMAGES} unlabelled Cityscapes train images (see lightning_uda.selection)",
+        default="val_unsup/entropy",
+        help="metric that picks the best checkpoint: a label-free signal 'val_unsup/<name>' "
+        f"computed on {SELECT_IMAGES} unlabelled Cityscapes train images (default "
+        "val_unsup/entropy, the signal that tracked target mIoU best on the demo for every "
+        "method family; see the README) or 'val/mIoU' (labelled target val, i.e. target "
+        "supervision); val/mIoU is logged for reporting either way",
     )
     parser.add_argument(
         "--monitor-pseudo-labels",
@@ -1029,7 +1031,7 @@ def run(
         overrides=method_overrides(args),
     )
     print(resolved.format(), flush=True)
-    select_by = getattr(args, "select_by", "val/mIoU")
+    select_by = getattr(args, "select_by", "val_unsup/entropy")
     print(selection_line(select_by, args.method, resolved.val_every), flush=True)
     if args.print_recipe:
         return

@@ -301,8 +301,13 @@ def common():
 
 def test_example_select_by_prints_the_choice(common, capsys):
     args = common.parse_args("x", ["--method", "dacs", "--print-recipe"])
-    assert args.select_by == "val/mIoU"  # the default, with a warning
+    assert args.select_by == "val_unsup/entropy"  # the default: label-free
     common.run(args, source_factory=None, source_name="gta5")
+    assert "best checkpoint by val_unsup/entropy (lower is better" in capsys.readouterr().out
+    labelled = common.parse_args(
+        "x", ["--method", "dacs", "--print-recipe", "--select-by", "val/mIoU"]
+    )
+    common.run(labelled, source_factory=None, source_name="gta5")
     assert "selecting by labelled target val (val/mIoU): that is target supervision" in (
         capsys.readouterr().out
     )
