@@ -79,7 +79,28 @@ def _fit_offline(tmp_path, monkeypatch, **trainer_kwargs) -> OfflineRun:
         trainer.fit(DACSModule(**tiny_module_kwargs()), datamodule=toy_datamodule())
     finally:
         wandb.finish()
+    _wait_for_the_log(tmp_path)
     return OfflineRun.load(tmp_path)
+
+
+def _wait_for_the_log(save_dir, settle_s: float = 1.5, timeout_s: float = 30.0) -> None:
+    """Wait until the offline run's transaction log stops growing.
+
+    W&B writes the log from its own service process; on a loaded machine the last records (the
+    last validation's panels) were seen arriving after ``wandb.finish()`` returned, so a test
+    that read the file at once missed them now and then.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    last, stable_since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        size = sum(p.stat().st_size for p in save_dir.glob("wandb/offline-run-*/run-*.wandb"))
+        if size != last:
+            last, stable_since = size, time.monotonic()
+        elif time.monotonic() - stable_since >= settle_s:
+            return
+        time.sleep(0.25)
 
 
 @pytest.mark.parametrize("log_every_n_steps", [1, None], ids=["log_every_step", "default"])
