@@ -83,22 +83,25 @@ def _fit_offline(tmp_path, monkeypatch, **trainer_kwargs) -> OfflineRun:
     return OfflineRun.load(tmp_path)
 
 
-def _wait_for_the_log(save_dir, settle_s: float = 1.5, timeout_s: float = 30.0) -> None:
-    """Wait until the offline run's transaction log stops growing.
+def _wait_for_the_log(save_dir, timeout_s: float = 30.0) -> None:
+    """Wait until the offline run's transaction log ends with its ``exit`` record.
 
     W&B writes the log from its own service process; on a loaded machine the last records (the
     last validation's panels) were seen arriving after ``wandb.finish()`` returned, so a test
-    that read the file at once missed them now and then.
+    that read the file at once missed them now and then. The ``exit`` record is written last.
     """
     import time
 
+    from .wandb_offline import read_records
+
     deadline = time.monotonic() + timeout_s
-    last, stable_since = -1, time.monotonic()
     while time.monotonic() < deadline:
-        size = sum(p.stat().st_size for p in save_dir.glob("wandb/offline-run-*/run-*.wandb"))
-        if size != last:
-            last, stable_since = size, time.monotonic()
-        elif time.monotonic() - stable_since >= settle_s:
+        logs = list(save_dir.glob("wandb/offline-run-*/run-*.wandb"))
+        try:
+            kinds = [r.WhichOneof("record_type") for log in logs for r in read_records(log)]
+        except ValueError:  # a chunk still being written
+            kinds = []
+        if kinds and kinds[-1] == "exit":
             return
         time.sleep(0.25)
 
