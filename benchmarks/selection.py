@@ -1,7 +1,7 @@
 """Label-free checkpoint selection on the demo: how well each signal ranks checkpoints.
 
-For every method and seed, trains exactly as ``lightning-uda demo`` does (same data, module,
-Trainer and seed; the evaluation below consumes no training randomness, so the last checkpoint's
+For every method and seed, trains with the demo's own ``run_method`` (same data, module, Trainer
+and seed; the measuring callback consumes no training randomness, so the last checkpoint's
 target mIoU is the demo table's) and, every ``--every`` steps (a "checkpoint"), measures:
 
 - the labelled target-val mIoU (what the selection should find, never shown to the signals);
@@ -57,66 +57,51 @@ def _spearman(a: list[float], b: list[float]) -> float:
 
 
 def run_one(method: str, seed: int, every: int, steps: int, unlabelled: int) -> dict[str, Any]:
-    """Train ``method`` as the demo does and measure every signal each ``every`` steps."""
+    """Train ``method`` with the demo's own ``run_method`` and measure every signal each
+    ``every`` steps (a callback that only evaluates, so the training is the demo's)."""
     import torch
-    from lightning.pytorch import Callback, Trainer, seed_everything
+    from lightning.pytorch import Callback
 
     from lightning_uda import selection
-    from lightning_uda.data.demo import demo_datamodule, demo_datasets
-    from lightning_uda.demo import DEMO_BATCH_SIZE, DEMO_DATA, DEMO_METHODS, DEMO_RECIPE
-
-    module_cls, extra, oracle = DEMO_METHODS[method]
-    seed_everything(seed, workers=True, verbose=False)
-    datasets = demo_datasets(seed=seed)
-    datamodule = demo_datamodule(
-        seed=seed,
-        oracle=oracle,
-        batch_size=DEMO_BATCH_SIZE,
-        datasets=datasets,
-        **DEMO_DATA.get(method, {}),
-    )
-    module = module_cls(
-        num_classes=datamodule.num_classes,
-        class_names=datamodule.classes,
-        seed=seed,
-        **{**DEMO_RECIPE, **extra},
-    )
-    num_classes = datamodule.num_classes
-
-    def stack(dataset, count: int, masks: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        items = [dataset[i] for i in range(min(count, len(dataset)))]
-        images = torch.stack([item["image"] for item in items])
-        return images, torch.stack([item["mask"] for item in items]) if masks else None
-
-    val_images, val_masks = stack(datasets["target_val"], len(datasets["target_val"]), True)
-    target_images, _ = stack(datasets["target_train"], unlabelled, False)
-    source_masks = torch.stack(
-        [datasets["source_train"][i]["mask"] for i in range(len(datasets["source_train"]))]
-    )
-    counts = torch.bincount(source_masks[source_masks != 255].flatten(), minlength=num_classes)
-    source_frequencies = counts.double() / counts.sum()
+    from lightning_uda.demo import run_method
 
     records: list[dict[str, Any]] = []
 
     class Measure(Callback):
+        def on_fit_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+            # The demo's splits, from the run's own datamodule: labelled target val (the
+            # reference), unlabelled target train (what the signals see), the source labels.
+            data = trainer.datamodule
+            self.num_classes = data.num_classes
+            self.val_images, self.val_masks = data.val.images, data.val.masks
+            self.target_images = data.target.images[:unlabelled]
+            source = data.source.masks
+            counts = torch.bincount(source[source != 255].flatten(), minlength=self.num_classes)
+            self.source_frequencies = counts.double() / counts.sum()
+
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
             step = trainer.global_step
             if step % every or (records and records[-1]["step"] == step):
                 return
+            k = self.num_classes
             was_training = pl_module.training
             pl_module.eval()
             with torch.no_grad():
-                pred = torch.cat([pl_module.segment(x).argmax(1) for x in val_images.split(100)])
-                confusion = selection.confusion_matrix(pred, val_masks, num_classes)
+                pred = torch.cat(
+                    [pl_module.segment(x).argmax(1) for x in self.val_images.split(100)]
+                )
+                confusion = selection.confusion_matrix(pred, self.val_masks, k)
                 miou = float(selection.miou_from_confusion(confusion))
                 probs = torch.cat(
-                    [torch.softmax(pl_module.segment(x), 1) for x in target_images.split(100)]
+                    [torch.softmax(pl_module.segment(x), 1) for x in self.target_images.split(100)]
                 )
                 signals = {
                     "entropy": float(selection.mean_entropy(probs)),
                     "im": float(selection.information_maximization(probs)),
                     "confident_fraction": float(selection.confident_fraction(probs)),
-                    "class_kl": float(selection.class_distribution_kl(probs, source_frequencies)),
+                    "class_kl": float(
+                        selection.class_distribution_kl(probs, self.source_frequencies)
+                    ),
                     "snd": float(selection.soft_neighbourhood_density(probs, seed=0)),
                 }
                 teacher = getattr(pl_module, "teacher", None)
@@ -124,35 +109,20 @@ def run_one(method: str, seed: int, every: int, steps: int, unlabelled: int) -> 
                     teacher_pred = torch.cat(
                         [
                             pl_module.upsample(teacher(x), tuple(x.shape[-2:])).argmax(1)
-                            for x in target_images.split(100)
+                            for x in self.target_images.split(100)
                         ]
                     )
                     signals["agreement"] = float(
-                        selection.prediction_agreement(probs.argmax(1), teacher_pred, num_classes)
+                        selection.prediction_agreement(probs.argmax(1), teacher_pred, k)
                     )
             pl_module.train(was_training)
             records.append({"step": step, "target_miou": miou, "signals": signals})
 
-    trainer = Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=steps,
-        max_epochs=-1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        deterministic="warn",
-        callbacks=[Measure()],
-    )
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    result = run_method(method, steps=steps, seed=seed, progress_bar=False, callbacks=[Measure()])
     return {
         "method": method,
         "seed": seed,
-        "wall_time_s": time.perf_counter() - start,
+        "wall_time_s": result.wall_time_s,
         "records": records,
     }
 

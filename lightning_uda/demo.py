@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 from torch.utils.data import DataLoader
@@ -364,6 +364,7 @@ def run_method(
     overrides: dict[str, Any] | None = None,
     num_predictions: int = 0,
     quiet: bool = True,
+    callbacks: Sequence[Callback] = (),
 ) -> DemoResult:
     """Train method ``name`` of :data:`DEMO_METHODS` on the demo shift and evaluate it.
 
@@ -380,6 +381,9 @@ def run_method(
         quiet: silence Lightning's banners, tips and third-party deprecation warnings, and the
             rare-class statistics' progress bar, during the run (:func:`quiet_lightning`;
             logging and warning settings are restored on return).
+        callbacks: more Lightning callbacks for the training run (e.g. measurements at
+            intermediate steps, as ``benchmarks/selection.py`` does); they must not change the
+            training for the result to be the demo's.
 
     Returns:
         The run's :class:`DemoResult`.
@@ -392,7 +396,9 @@ def run_method(
     if num_predictions < 0:
         raise ValueError(f"num_predictions must be >= 0, got {num_predictions}")
     with quiet_lightning() if quiet else contextlib.nullcontext():
-        return _run_method(name, steps, seed, progress_bar, overrides, num_predictions, quiet)
+        return _run_method(
+            name, steps, seed, progress_bar, overrides, num_predictions, quiet, callbacks
+        )
 
 
 def _run_method(
@@ -403,6 +409,7 @@ def _run_method(
     overrides: dict[str, Any] | None,
     num_predictions: int,
     quiet: bool,
+    callbacks: Sequence[Callback],
 ) -> DemoResult:
     module_cls, extra, oracle = DEMO_METHODS[name]
     seed_everything(seed, workers=True, verbose=False)
@@ -434,7 +441,10 @@ def _run_method(
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=progress_bar,
-        callbacks=[_DemoProgressBar(f"{name}, seed {seed}")] if progress_bar else None,
+        callbacks=[
+            *([_DemoProgressBar(f"{name}, seed {seed}")] if progress_bar else []),
+            *callbacks,
+        ],
         num_sanity_val_steps=0,
         limit_val_batches=0,
         deterministic="warn",  # exact on CPU; CUDA has no deterministic bilinear backward
