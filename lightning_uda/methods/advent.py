@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 
 from lightning_uda.methods.base import Losses, check_range
@@ -308,13 +307,7 @@ class AdvEntModule(MultiLevelModule):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        strategy = self.trainer.strategy
-        if isinstance(strategy, DDPStrategy) and not getattr(strategy, "_ddp_kwargs", {}).get(
-            "find_unused_parameters", False
-        ):
-            raise ValueError(
-                f"{type(self).__name__} back-propagates the segmentor and discriminator losses "
-                "separately, so each backward leaves some parameters without gradients: use "
-                "Trainer(strategy='ddp_find_unused_parameters_true') (or DDPStrategy("
-                "find_unused_parameters=True))."
-            )
+        self.require_unused_parameter_detection(
+            "back-propagates the segmentor and discriminator losses separately, so each "
+            "backward leaves some parameters without gradients"
+        )

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassJaccardIndex
 
@@ -580,6 +581,19 @@ class UDAModule(LightningModule):
                 f"{type(self).__name__} steps its optimisers itself, so Trainer("
                 "gradient_clip_val=...) cannot be used: pass gradient_clip_val="
                 f"{trainer.gradient_clip_val} to the module instead."
+            )
+
+    def require_unused_parameter_detection(self, why: str) -> None:
+        """Under DDP, fail unless the strategy finds unused parameters, saying ``why`` the
+        method needs it (methods that back-propagate their networks' losses separately)."""
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DDPStrategy) and not getattr(strategy, "_ddp_kwargs", {}).get(
+            "find_unused_parameters", False
+        ):
+            raise ValueError(
+                f"{type(self).__name__} {why}: use "
+                "Trainer(strategy='ddp_find_unused_parameters_true') (or DDPStrategy("
+                "find_unused_parameters=True))."
             )
 
     def _check_input_space(self) -> None:

@@ -699,6 +699,31 @@ def _plan_head(
     return {k: v for k, v in mapped.items() if k in module_state}, skipped
 
 
+def _require_backbone_fit(
+    comparison: Mapping[str, list[str]],
+    encoder: nn.Module,
+    prefix: str,
+    layout: str,
+    where: str,
+    part: str,
+    hint: str,
+) -> None:
+    """Raise unless every ``part`` tensor of a reference file fits the encoder (names and
+    shapes), naming the missing, unexpected and mismatched keys (with the file's ``prefix``)."""
+    if not (comparison["missing"] or comparison["unexpected"] or comparison["mismatched"]):
+        return
+    name = getattr(encoder, "name", type(encoder).__name__)
+    unexpected = [prefix + k for k in comparison["unexpected"]]
+    mismatched = [prefix + k for k in comparison["mismatched"]]
+    raise RuntimeError(
+        f"checkpoint {where} has the {layout!r} layout ({CHECKPOINT_LAYOUTS[layout]}), but "
+        f"its backbone does not fit the model's encoder ({name}); every {part} tensor "
+        f"must load. Missing in the file: {_show_keys(comparison['missing'])}; not in the "
+        f"encoder: {_show_keys(unexpected)}; shape mismatches: {_show_keys(mismatched)}. "
+        f"Check encoder= ({hint})."
+    )
+
+
 def _load_reference(
     model: nn.Module, stripped: dict[str, Tensor], prefix: str, layout: str, where: str
 ) -> CheckpointReport:
@@ -707,20 +732,15 @@ def _load_reference(
     backbone = {k: v for k, v in stripped.items() if k.split(".", 1)[0] in _REFERENCE_BACKBONE}
     head = {k: v for k, v in stripped.items() if k.split(".", 1)[0] in _REFERENCE_HEADS}
     comparison = _compare(backbone, encoder.state_dict(), encoder=False)
-    if comparison["missing"] or comparison["unexpected"] or comparison["mismatched"]:
-        name = getattr(encoder, "name", type(encoder).__name__)
-
-        def with_prefix(keys: list[str]) -> list[str]:
-            return [prefix + k for k in keys]
-
-        raise RuntimeError(
-            f"checkpoint {where} has the {layout!r} layout ({CHECKPOINT_LAYOUTS[layout]}), but "
-            f"its backbone does not fit the model's encoder ({name}); every backbone tensor "
-            f"must load. Missing in the file: {_show_keys(comparison['missing'])}; not in the "
-            f"encoder: {_show_keys(with_prefix(comparison['unexpected']))}; shape mismatches: "
-            f"{_show_keys(with_prefix(comparison['mismatched']))}. Check encoder= (the DeepLab-v2 "
-            "files of DACS and AdvEnt hold a ResNet-101: encoder='resnet101')."
-        )
+    _require_backbone_fit(
+        comparison,
+        encoder,
+        prefix,
+        layout,
+        where,
+        "backbone",
+        "the DeepLab-v2 files of DACS and AdvEnt hold a ResNet-101: encoder='resnet101'",
+    )
     if "layer6" in {k.split(".", 1)[0] for k in head}:
         groups = {"layer6": "classifier", "layer5": "aux_classifier"}
     else:
@@ -808,20 +828,16 @@ def _load_mit(
     encoder: nn.Module = model.encoder
     backbone = {k: v for k, v in stripped.items() if k.split(".", 1)[0] != _MIT_HEAD}
     comparison = _compare(backbone, encoder.state_dict(), encoder=False)
-    if comparison["missing"] or comparison["unexpected"] or comparison["mismatched"]:
-        name = getattr(encoder, "name", type(encoder).__name__)
-
-        def with_prefix(keys: list[str]) -> list[str]:
-            return [prefix + k for k in keys]
-
-        raise RuntimeError(
-            f"checkpoint {where} has the {layout!r} layout ({CHECKPOINT_LAYOUTS[layout]}), "
-            f"but its backbone does not fit the model's encoder ({name}); every encoder tensor "
-            f"must load. Missing in the file: {_show_keys(comparison['missing'])}; not in the "
-            f"encoder: {_show_keys(with_prefix(comparison['unexpected']))}; shape mismatches: "
-            f"{_show_keys(with_prefix(comparison['mismatched']))}. Check encoder= (the file's "
-            "variant: mit_b5.pth needs encoder='mit_b5', e.g. build_segmentor('daformer', ...))."
-        )
+    _require_backbone_fit(
+        comparison,
+        encoder,
+        prefix,
+        layout,
+        where,
+        "encoder",
+        "the file's variant: mit_b5.pth needs encoder='mit_b5', e.g. "
+        "build_segmentor('daformer', ...)",
+    )
     _load_tensors(encoder, backbone)
     skipped = {
         prefix + k: "the MiT file's ImageNet classifier; the encoder has none"
