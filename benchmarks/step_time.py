@@ -2,8 +2,19 @@
 
 Every method runs in its own subprocess (so peak memory is its own) on the same model, crop and
 batch, with in-memory random data (data loading is not timed). Time is the median of the timed
-steps after warm-up (on CUDA, synchronised); peak memory is ``torch.cuda.max_memory_allocated`` on
-a GPU, and the growth of the process' peak RSS during training on the CPU.
+steps after warm-up (on CUDA, synchronised). With ``--repeats R`` the methods run R times in
+turn (SourceOnly, DACS, …, SourceOnly, DACS, …) and each method's time is the median of its R
+runs, so a change of load on a shared machine does not fall on one method only.
+
+Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU. On the CPU it is the growth of the
+process' peak RSS during training, measured twice:
+
+* ``peak_mb``, the memory the method's tensors need: a second subprocess per method, run with
+  ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc serves every block of 64 KiB or more with its own
+  mapping and returns it when freed. RSS then follows the live tensors (as the GPU counter does).
+* ``peak_rss_mb``, with the default allocator (the timing run): what ``top`` shows. It also
+  counts freed blocks glibc keeps in its heap for reuse, which depends on the order of
+  allocations more than on their sizes (SourceOnly: 253 MiB here against 205 MiB live).
 
     python benchmarks/step_time.py                       # CPU: DeepLabV2-ResNet18, 256×256
     python benchmarks/step_time.py --arch deeplabv2 --encoder resnet101 --size 512 --device cuda
@@ -21,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -157,6 +169,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1, help="runs per method, taken in turn")
     parser.add_argument(
         "--json", type=Path, default=Path(__file__).parent / "results" / "step_time.json"
     )
@@ -167,36 +180,65 @@ def main() -> None:
         print(json.dumps(measure(args)))
         return
 
-    results: dict[str, dict[str, float]] = {}
-    for method in args.methods:
-        options = ["arch", "encoder", "size", "batch_size", "warmup", "steps", "device"]
-        options += ["precision", "threads"]
+    options = ["arch", "encoder", "size", "batch_size", "warmup", "steps", "device"]
+    options += ["precision", "threads"]
+
+    def run(method: str, live_memory: bool = False) -> dict[str, float]:
         cmd = [sys.executable, __file__, "--method", method]
         for option in options:
-            cmd += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            value = getattr(args, option)
+            if live_memory and option == "steps":
+                value = 1  # memory only: the warm-up steps plus one
+            cmd += [f"--{option.replace('_', '-')}", str(value)]
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536") if live_memory else None
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         if out.returncode != 0:
             print(out.stderr[-3000:], file=sys.stderr)
             raise SystemExit(f"{method} failed")
-        results[method] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{method}: {results[method]}", file=sys.stderr, flush=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    on_cpu = args.device == "cpu"
+    runs: dict[str, list[dict[str, float]]] = {method: [] for method in args.methods}
+    for _ in range(args.repeats):
+        for method in args.methods:
+            runs[method].append(run(method))
+            print(f"{method}: {runs[method][-1]}", file=sys.stderr, flush=True)
+    results: dict[str, dict[str, float]] = {}
+    for method, timed in runs.items():
+        results[method] = {
+            "step_s": statistics.median(r["step_s"] for r in timed),
+            "step_s_runs": [r["step_s"] for r in timed],
+            "peak_mb": statistics.median(r["peak_mb"] for r in timed),
+        }
+        if on_cpu:
+            results[method]["peak_rss_mb"] = results[method]["peak_mb"]
+            results[method]["peak_mb"] = run(method, live_memory=True)["peak_mb"]
+            print(f"{method} live memory: {results[method]['peak_mb']:.0f} MiB", file=sys.stderr)
 
     base = results.get("source_only")
     header = (
         f"{args.arch}/{args.encoder} {args.size}×{args.size}, batch {args.batch_size}"
-        f"+{args.batch_size}, {args.device}, {args.precision}"
+        f"+{args.batch_size}, {args.device}, {args.precision}, {args.threads} thread(s), "
+        f"{args.repeats} run(s) per method"
     )
     print(f"\n### Step time and peak memory ({header})\n")
-    print("| method | step (ms) | × SourceOnly | peak memory (MiB) | × SourceOnly |")
-    print("|---|---:|---:|---:|---:|")
+    rss = " peak RSS (MiB) | × SourceOnly |" if on_cpu else ""
+    print(f"| method | step (ms) | × SourceOnly | peak memory (MiB) | × SourceOnly |{rss}")
+    print("|---|---:|---:|---:|---:|" + ("---:|---:|" if on_cpu else ""))
     for method, r in results.items():
-        t_ratio = r["step_s"] / base["step_s"] if base else float("nan")
-        m_ratio = r["peak_mb"] / base["peak_mb"] if base and base["peak_mb"] > 0 else float("nan")
-        r["time_ratio"], r["memory_ratio"] = t_ratio, m_ratio
-        print(
-            f"| {method} | {1000 * r['step_s']:.0f} | {t_ratio:.2f} | {r['peak_mb']:.0f} | "
-            f"{m_ratio:.2f} |"
+        ratios = {}
+        for key, name in (("step_s", "time"), ("peak_mb", "memory"), ("peak_rss_mb", "rss")):
+            if key in r:
+                ok = base and base[key] > 0
+                ratios[name] = r[key] / base[key] if ok else float("nan")
+                r[f"{name}_ratio"] = ratios[name]
+        row = (
+            f"| {method} | {1000 * r['step_s']:.0f} | {ratios['time']:.2f} | {r['peak_mb']:.0f} | "
+            f"{ratios['memory']:.2f} |"
         )
+        if on_cpu:
+            row += f" {r['peak_rss_mb']:.0f} | {ratios['rss']:.2f} |"
+        print(row)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"config": header, "results": results}, indent=2))
 

@@ -7,7 +7,12 @@ from lightning_uda.losses.cross_entropy import (
     pixel_weighted_cross_entropy,
     upsample_logits,
 )
-from lightning_uda.losses.entropy import entropy_loss, entropy_map, entropy_map_from_logits
+from lightning_uda.losses.entropy import (
+    channel_softmax,
+    entropy_loss,
+    entropy_map,
+    entropy_map_from_logits,
+)
 from lightning_uda.losses.feature_distance import (
     CITYSCAPES_THING_CLASSES,
     downscale_labels,
@@ -20,6 +25,7 @@ __all__ = [
     "downscale_labels",
     "feature_distance",
     "MinimumClassConfusionLoss",
+    "channel_softmax",
     "cross_entropy",
     "entropy_loss",
     "entropy_map",

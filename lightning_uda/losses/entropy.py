@@ -7,7 +7,25 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["entropy_loss", "entropy_map", "entropy_map_from_logits"]
+__all__ = ["entropy_loss", "entropy_map", "entropy_map_from_logits", "channel_softmax"]
+
+
+def _channels_last(x: Tensor) -> bool:
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def channel_softmax(logits: Tensor, log: bool = False) -> Tensor:
+    """``softmax`` (or ``log_softmax``) over dim 1 that keeps a channels-last layout.
+
+    ``torch.softmax(x, dim=1)`` of a channels-last ``x`` returns a contiguous (NCHW) tensor, so a
+    channels-last consumer (AdvEnt's discriminators) pays another full copy. In channels-last
+    memory the channels are the innermost dimension: the softmax runs over the last dim of the
+    ``B×H×W×C`` view and the result is permuted back, with no copy. Other layouts: dim 1 as usual.
+    """
+    op = torch.log_softmax if log else torch.softmax
+    if _channels_last(logits) and logits.shape[1] > 1:
+        return op(logits.permute(0, 2, 3, 1), dim=-1).permute(0, 3, 1, 2)
+    return op(logits, dim=1)
 
 
 class _EntropyMapFromLogits(torch.autograd.Function):
@@ -21,13 +39,13 @@ class _EntropyMapFromLogits(torch.autograd.Function):
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, logits: Tensor) -> Tensor:
         ctx.save_for_backward(logits)
-        log_p = torch.log_softmax(logits, dim=1)
+        log_p = channel_softmax(logits, log=True)
         return -(log_p.exp() * log_p) / math.log(logits.shape[1])
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
         (logits,) = ctx.saved_tensors
-        log_p = torch.log_softmax(logits, dim=1)
+        log_p = channel_softmax(logits, log=True)
         p = log_p.exp()
         # dI_c/dp_c = -(ln p_c + 1) / ln K; then the softmax Jacobian p_j (g_j - Σ_c p_c g_c).
         g = grad * (log_p + 1.0) * (-1.0 / math.log(logits.shape[1]))
@@ -39,7 +57,8 @@ def entropy_map_from_logits(logits: Tensor) -> Tensor:
 
     Equal to ``entropy_map(torch.softmax(logits, 1))`` (up to rounding; ``log_softmax`` needs no
     clamp at ``p = 0``) with the same gradient, but only ``logits`` is kept for the backward
-    (AdvEnt's maps are ``K×H×W`` at the input resolution: 70 MB per 1280×720 GTA5 frame).
+    (AdvEnt's maps are ``K×H×W`` at the input resolution: 70 MB per 1280×720 GTA5 frame). A
+    channels-last input gives a channels-last map (:func:`channel_softmax`).
 
     Args:
         logits: ``B×C×H×W`` scores (``C >= 2``).

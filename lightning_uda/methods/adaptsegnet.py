@@ -22,10 +22,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from lightning_uda.losses import upsample_logits
+from lightning_uda.losses import channel_softmax, upsample_logits
 from lightning_uda.methods.advent import AdvEntModule
 
 __all__ = ["AdaptSegNetModule"]
@@ -57,6 +56,6 @@ class AdaptSegNetModule(AdvEntModule):
         """Level → softmax of the logits interpolated to the input size (``B×K×H×W``)."""
         self._check_size(size)
         return {
-            level: torch.softmax(upsample_logits(z, size, align_corners=self.align_corners), dim=1)
+            level: channel_softmax(upsample_logits(z, size, align_corners=self.align_corners))
             for level, z in logits.items()
         }

@@ -183,6 +183,11 @@ class AdvEntModule(MultiLevelModule):
                 "Use larger crops."
             )
 
+    def _in_discriminator_format(self, logits: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The low-resolution logits in D's memory format: upsampling and the channel softmax
+        keep it (:func:`~lightning_uda.losses.channel_softmax`), so D's input needs no copy."""
+        return {k: z.contiguous(memory_format=self.discriminator_format) for k, z in logits.items()}
+
     def domain_loss(self, level: str, maps: Tensor, domain_label: float) -> Tensor:
         """Discriminator ``level``'s loss on ``maps`` against a constant domain label."""
         logits = self.discriminators[level](
@@ -210,34 +215,53 @@ class AdvEntModule(MultiLevelModule):
         size = tuple(images.shape[-2:])
         logits = self.level_logits(images)
         self._detached_logits["target"] = ({k: z.detach() for k, z in logits.items()}, size)
-        maps = self.discriminator_inputs(logits, size)
-        loss = torch.zeros((), device=images.device)
-        with frozen(self.discriminators):
-            for level, level_maps in maps.items():
-                adversarial = self.domain_loss(level, level_maps, SOURCE_LABEL)
-                self.log(f"train/adversarial_{level}", adversarial.detach(), batch_size=len(images))
-                loss = loss + self.adv_weights[level] * adversarial
+        loss = self._adversarial_loss(logits, size, len(images))
+        del logits  # the generator's frame lives on through the backward: keep no maps in it
         yield "adversarial", loss
+
+    def _adversarial_loss(
+        self, logits: Mapping[str, Tensor], size: tuple[int, int], batch_size: int
+    ) -> Tensor:
+        """``Σ_level λ_level · BCE(D_level(maps), source)`` with the discriminators frozen."""
+        maps = self.discriminator_inputs(self._in_discriminator_format(logits), size)
+        loss = torch.zeros((), device=next(iter(maps.values())).device)
+        with frozen(self.discriminators):
+            for level in list(maps):
+                adversarial = self.domain_loss(level, maps.pop(level), SOURCE_LABEL)
+                self.log(f"train/adversarial_{level}", adversarial.detach(), batch_size=batch_size)
+                loss = loss + self.adv_weights[level] * adversarial
+        return loss
 
     def discriminator_losses(self) -> Losses:
         """Step 2: ``½ BCE(D(I_s), source) + ½ BCE(D(I_t), target)`` per level, on detached maps."""
-        with torch.no_grad():
-            source, target = (
-                self.discriminator_inputs(*self._detached_logits[domain])
-                for domain in ("source", "target")
-            )
+        (source, source_size), (target, target_size) = (
+            self._detached_logits[domain] for domain in ("source", "target")
+        )
         for level, discriminator in self.discriminators.items():
-            if source[level].shape[1:] == target[level].shape[1:]:
-                # One forward over both domains (D has no batch statistics, so each map's output
-                # is the same as alone), then each half scored against its own label.
-                maps = torch.cat([source[level], target[level]])
+            if source_size == target_size and source[level].shape[1:] == target[level].shape[1:]:
+                # One map computation and one D forward over both domains (D has no batch
+                # statistics, so each map's output is the same as alone), then each half scored
+                # against its own label. One level at a time: one level's maps alive at once.
+                with torch.no_grad():
+                    both = {level: torch.cat([source[level], target[level]])}
+                    maps = self.discriminator_inputs(
+                        self._in_discriminator_format(both), source_size
+                    )[level]
                 logits = discriminator(maps.contiguous(memory_format=self.discriminator_format))
+                del maps
                 split = source[level].shape[0]
                 loss_source = self.domain_criterion(logits[:split], SOURCE_LABEL)
                 loss_target = self.domain_criterion(logits[split:], TARGET_LABEL)
             else:  # whole frames of different sizes (AdvEnt's GTA5 1280×720, Cityscapes 1024×512)
-                loss_source = self.domain_loss(level, source[level], SOURCE_LABEL)
-                loss_target = self.domain_loss(level, target[level], TARGET_LABEL)
+                with torch.no_grad():
+                    source_maps = self.discriminator_inputs(
+                        self._in_discriminator_format({level: source[level]}), source_size
+                    )
+                    target_maps = self.discriminator_inputs(
+                        self._in_discriminator_format({level: target[level]}), target_size
+                    )
+                loss_source = self.domain_loss(level, source_maps.pop(level), SOURCE_LABEL)
+                loss_target = self.domain_loss(level, target_maps.pop(level), TARGET_LABEL)
             yield f"discriminator_{level}", 0.5 * (loss_source + loss_target)
 
     # ------------------------------------------------------------------ algorithm

@@ -37,6 +37,7 @@ from lightning_uda.inference import INFERENCE_MODES, sliding_window_logits
 from lightning_uda.losses import MinimumClassConfusionLoss, cross_entropy, upsample_logits
 from lightning_uda.models import build_segmentor, parameter_groups
 from lightning_uda.normalization import InputNormalization, NormalizationLike, get_normalization
+from lightning_uda.optim import FoldingSGD
 
 Losses = Iterator[tuple[str, Tensor]]
 
@@ -172,6 +173,12 @@ class UDAModule(LightningModule):
         mcc_num_pixels: target pixels sampled per batch for MCC (bounds its memory).
         accumulate_grad_batches: batches per optimiser step.
         gradient_clip_val: clip the gradient norm of the segmentor to this value (None = off).
+        fold_gradients: with SGD, add each loss's gradients to the momentum buffer right after its
+            backward and drop them (:class:`~lightning_uda.optim.FoldingSGD`), so the next
+            forward runs without a copy of the gradients beside its activations (AdvEnt's peak
+            memory on the CPU benchmark: 1.62× → 1.3× SourceOnly). The same update up to the
+            order of additions. Off by itself with gradient clipping, a 16-bit AMP loss scaler or
+            momentum 0; turn it off for callbacks that read ``.grad`` before the step.
         class_names: names of the K classes for metric keys (default: from the datamodule).
         class_subsets: metric name → class ids to average, e.g. ``{"mIoU16": [...], "mIoU13":
             [...]}`` for SYNTHIA (default: from the datamodule, else all classes as "mIoU").
@@ -222,6 +229,7 @@ class UDAModule(LightningModule):
         mcc_num_pixels: int = 4096,
         accumulate_grad_batches: int = 1,
         gradient_clip_val: float | None = None,
+        fold_gradients: bool = True,
         class_names: Sequence[str] | None = None,
         class_subsets: Mapping[str, Sequence[int]] | None = None,
         ignore_index: int = IGNORE_INDEX,
@@ -406,6 +414,7 @@ class UDAModule(LightningModule):
                     f"{self.uda_step}; lower the learning rate or check the inputs."
                 )
             self.manual_backward(loss / accumulate)
+            self.fold_gradients()
             total = total + loss.detach()
             self.log(f"train/loss_{name}", loss.detach(), batch_size=batch_size)
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
@@ -417,6 +426,29 @@ class UDAModule(LightningModule):
             self.after_optimizer_step()
             self.check_finite_state()
         return total
+
+    @property
+    def folds_gradients(self) -> bool:
+        """Whether :meth:`fold_gradients` folds (see the ``fold_gradients`` argument)."""
+        if not self.hparams.fold_gradients or self.hparams.gradient_clip_val is not None:
+            return False
+        trainer = self._trainer
+        plugin = getattr(trainer, "precision_plugin", None) if trainer is not None else None
+        return getattr(plugin, "scaler", None) is None
+
+    def fold_gradients(self) -> None:
+        """Fold the gradients of the last backward into each :class:`FoldingSGD` optimiser's
+        momentum buffer (no-op for other optimisers or when :attr:`folds_gradients` is off).
+
+        Called after every ``manual_backward`` of :meth:`training_step`; a method that runs its
+        own backward passes calls it after each of them.
+        """
+        if not self.folds_gradients:
+            return
+        optimizers = self.optimizers(use_pl_optimizer=False)
+        for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
+            if isinstance(optimizer, FoldingSGD):
+                optimizer.fold_gradients()
 
     def check_finite_state(self, part: str | None = None) -> None:
         """Raise if a parameter or buffer of the module (or of its submodule ``part``, e.g.
@@ -529,6 +561,8 @@ class UDAModule(LightningModule):
     def make_optimizer(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
         """The segmentor optimiser over ``groups`` (SGD or AdamW per ``optimizer``)."""
         hp = self.hparams
+        if hp.optimizer == "sgd" and hp.momentum > 0:
+            return FoldingSGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         if hp.optimizer == "sgd":
             return torch.optim.SGD(
                 groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay

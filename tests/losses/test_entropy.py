@@ -74,3 +74,35 @@ def test_entropy_map_from_logits_equals_the_map_of_the_softmax_with_its_gradient
     out = entropy_map_from_logits(hard)
     out.sum().backward()
     assert torch.equal(out.detach(), torch.zeros_like(out)) and torch.isfinite(hard.grad).all()
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_channel_softmax_equals_torch_softmax_and_keeps_channels_last(log):
+    from lightning_uda.losses import channel_softmax
+
+    torch.manual_seed(0)
+    logits = 3 * torch.randn(2, 5, 6, 7, dtype=torch.float64)
+    reference = (torch.log_softmax if log else torch.softmax)(logits, dim=1)
+    plain = channel_softmax(logits, log=log)
+    assert plain.is_contiguous()
+    torch.testing.assert_close(plain, reference)
+    last = channel_softmax(logits.contiguous(memory_format=torch.channels_last), log=log)
+    assert last.is_contiguous(memory_format=torch.channels_last) and not last.is_contiguous()
+    torch.testing.assert_close(last, reference)
+
+
+def test_entropy_map_from_channels_last_logits_is_channels_last_with_the_same_gradient():
+    from lightning_uda.losses import entropy_map, entropy_map_from_logits
+
+    torch.manual_seed(1)
+    logits = 3 * torch.randn(2, 5, 4, 3, dtype=torch.float64)
+    weights = torch.randn(2, 5, 4, 3, dtype=torch.float64)
+    last = logits.contiguous(memory_format=torch.channels_last).requires_grad_()
+    ours = entropy_map_from_logits(last)
+    assert ours.is_contiguous(memory_format=torch.channels_last)
+    reference_logits = logits.clone().requires_grad_()
+    reference = entropy_map(torch.softmax(reference_logits, dim=1))
+    torch.testing.assert_close(ours, reference)
+    (g_ours,) = torch.autograd.grad((weights * ours).sum(), last)
+    (g_ref,) = torch.autograd.grad((weights * reference).sum(), reference_logits)
+    torch.testing.assert_close(g_ours, g_ref)

@@ -376,7 +376,7 @@ def test_each_optimiser_unscales_with_the_loss_scale_of_its_own_backward(tmp_pat
     trainer.fit(module, datamodule=toy_datamodule(batch_size=2))
     assert trainer.global_step == 2
     steps = [name for kind, name, _ in scaler.events if kind == "step"]
-    assert steps == ["SGD", "Adam", "Adam"] * 2  # segmentor, G, D
+    assert steps == ["FoldingSGD", "Adam", "Adam"] * 2  # segmentor, G, D
     pending: list[float] = []
     for kind, _, scale in scaler.events:
         if kind == "scale":

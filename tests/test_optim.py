@@ -1,0 +1,209 @@
+"""FoldingSGD against torch's SGD on summed gradients, and the module's use of it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
+from torch import nn
+
+from lightning_uda.methods import AdvEntModule, DACSModule, MinEntModule
+from lightning_uda.optim import FoldingSGD
+from tests.methods.helpers import cpu_trainer, tiny_module_kwargs, toy_datamodule
+from tests.methods.test_advent import advent_kwargs, toy32_datamodule
+
+
+class TwoHeads(nn.Module):
+    """``shared`` gets gradients from both losses, ``first``/``second`` from one each,
+    ``unused`` from none."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.shared = nn.Parameter(torch.randn(4, 3, generator=g))
+        self.first = nn.Parameter(torch.randn(3, generator=g))
+        self.second = nn.Parameter(torch.randn(3, generator=g))
+        self.unused = nn.Parameter(torch.randn(2, generator=g))
+
+    def losses(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.tanh(x @ self.shared)
+        return (h * self.first).sum().square(), (h.exp() * self.second).mean()
+
+    def groups(self, lr: float) -> list[dict]:
+        return [
+            {"params": [self.shared, self.first], "lr": lr, "weight_decay": 5e-4},
+            {"params": [self.second, self.unused], "lr": 10 * lr, "weight_decay": 0.0},
+        ]
+
+
+def _inputs(step: int) -> torch.Tensor:
+    return torch.randn(5, 4, generator=torch.Generator().manual_seed(100 + step))
+
+
+def _train(optimizer_cls, model: TwoHeads, steps: int, fold: str) -> TwoHeads:
+    """``fold``: "none" (gradients summed by autograd), "between" (after the first backward),
+    "each" (after both)."""
+    optimizer = optimizer_cls(model.groups(0.01), lr=0.01, momentum=0.9)
+    for step in range(steps):
+        first, second = model.losses(_inputs(step))
+        first.backward(retain_graph=True)
+        if fold != "none":
+            optimizer.fold_gradients()
+        second.backward()
+        if fold == "each":
+            optimizer.fold_gradients()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        for group in optimizer.param_groups:  # a schedule changes lr between steps
+            group["lr"] *= 0.7
+    return model
+
+
+@pytest.mark.parametrize("fold", ["between", "each"])
+def test_folded_steps_equal_torch_sgd_on_the_summed_gradients(fold):
+    reference = _train(torch.optim.SGD, TwoHeads(), steps=6, fold="none")
+    folded = _train(FoldingSGD, TwoHeads(), steps=6, fold=fold)
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(getattr(folded, name), p, rtol=1e-6, atol=1e-7)
+    # a parameter no loss reaches is left alone, as torch's SGD leaves it
+    torch.testing.assert_close(folded.unused, TwoHeads().unused, rtol=0, atol=0)
+
+
+def test_without_folds_it_is_torch_sgd_bit_for_bit():
+    reference = _train(torch.optim.SGD, TwoHeads(), steps=4, fold="none")
+    same = _train(FoldingSGD, TwoHeads(), steps=4, fold="none")
+    for name, p in reference.named_parameters():
+        assert torch.equal(getattr(same, name), p), name
+
+
+def test_one_fold_by_hand():
+    # μ = 0.9, λ = 0.1, η = 0.5; previous buffer b = 1, p = 2, gradients 3 then 4:
+    # b ← 0.9·1 + (3 + 4 + 0.1·2) = 8.1, p ← 2 − 0.5·8.1 = −2.05
+    p = nn.Parameter(torch.tensor([2.0]))
+    optimizer = FoldingSGD([p], lr=0.5, momentum=0.9, weight_decay=0.1)
+    optimizer.state[p]["momentum_buffer"] = torch.tensor([1.0])
+    p.grad = torch.tensor([3.0])
+    optimizer.fold_gradients()
+    assert p.grad is None and optimizer.has_folded
+    torch.testing.assert_close(optimizer.state[p]["momentum_buffer"], torch.tensor([4.1]))
+    p.grad = torch.tensor([4.0])
+    optimizer.step()
+    torch.testing.assert_close(optimizer.state[p]["momentum_buffer"], torch.tensor([8.1]))
+    torch.testing.assert_close(p.detach(), torch.tensor([-2.05]))
+    assert not optimizer.has_folded
+
+
+def test_a_checkpoint_between_folds_resumes_with_the_partial_sum():
+    straight = TwoHeads()
+    optimizer = FoldingSGD(straight.groups(0.01), lr=0.01, momentum=0.9)
+    for step in range(2):
+        first, second = straight.losses(_inputs(step))
+        first.backward(retain_graph=True)
+        optimizer.fold_gradients()
+        second.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    resumed = TwoHeads()
+    optimizer = FoldingSGD(resumed.groups(0.01), lr=0.01, momentum=0.9)
+    first, second = resumed.losses(_inputs(0))
+    first.backward(retain_graph=True)
+    optimizer.fold_gradients()
+    second.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    first, _ = resumed.losses(_inputs(1))
+    first.backward(retain_graph=True)
+    optimizer.fold_gradients()
+    saved = copy.deepcopy((resumed.state_dict(), optimizer.state_dict()))  # pre-empted here
+
+    restarted = TwoHeads()
+    restarted.load_state_dict(saved[0])
+    optimizer = FoldingSGD(restarted.groups(0.01), lr=0.01, momentum=0.9)
+    optimizer.load_state_dict(saved[1])
+    assert optimizer.has_folded
+    _, second = restarted.losses(_inputs(1))
+    second.backward()
+    optimizer.step()
+    for name, p in straight.named_parameters():
+        assert torch.equal(getattr(restarted, name), p), name
+
+
+def test_momentum_zero_is_refused_with_the_alternative():
+    with pytest.raises(ValueError, match="momentum must be > 0.*torch.optim.SGD"):
+        FoldingSGD([nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.0)
+
+
+# ---------------------------------------------------------------------------- in the modules
+class GradientsAtTargetForward:
+    """Mixin: records whether the segmentor holds gradients when the target pass starts."""
+
+    def adaptation_losses(self, batch):
+        self.held.append(any(p.grad is not None for p in self.model.parameters()))
+        yield from super().adaptation_losses(batch)
+
+
+class RecordingMinEnt(GradientsAtTargetForward, MinEntModule):
+    held: list[bool] = []
+
+
+class RecordingAdvEnt(GradientsAtTargetForward, AdvEntModule):
+    held: list[bool] = []
+
+
+@pytest.mark.parametrize(
+    ("module_cls", "kwargs", "datamodule"),
+    [
+        (RecordingMinEnt, tiny_module_kwargs(), toy_datamodule),
+        (RecordingAdvEnt, advent_kwargs(), toy32_datamodule),
+    ],
+    ids=["minent", "advent"],
+)
+def test_the_target_pass_runs_without_source_gradients_and_training_is_unchanged(
+    tmp_path, module_cls, kwargs, datamodule
+):
+    params = {}
+    for fold in (False, True):
+        torch.manual_seed(0)
+        module = module_cls(**kwargs, fold_gradients=fold)
+        module.held = []
+        cpu_trainer(tmp_path, max_steps=4).fit(module, datamodule=datamodule())
+        assert module.held == [not fold] * 4
+        params[fold] = module.model.state_dict()
+    for name, value in params[False].items():
+        torch.testing.assert_close(params[True][name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_accumulated_batches_fold_to_the_same_update(tmp_path):
+    params = {}
+    for fold in (False, True):
+        torch.manual_seed(0)
+        module = DACSModule(**tiny_module_kwargs(), accumulate_grad_batches=2, fold_gradients=fold)
+        cpu_trainer(tmp_path, max_steps=3).fit(module, datamodule=toy_datamodule())
+        assert module.uda_step == 3
+        params[fold] = module.model.state_dict()
+    for name, value in params[False].items():
+        torch.testing.assert_close(params[True][name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_folding_is_off_where_it_would_change_the_update(tmp_path):
+    def folds(trainer_kwargs: dict | None = None, **module_kwargs) -> bool:
+        module = MinEntModule(**tiny_module_kwargs(), **module_kwargs)
+        trainer = cpu_trainer(tmp_path, max_steps=1, **(trainer_kwargs or {}))
+        trainer.fit(module, datamodule=toy_datamodule())
+        return module.folds_gradients
+
+    assert folds()
+    assert not folds(fold_gradients=False)
+    assert not folds(gradient_clip_val=1.0)  # needs the norm of the summed gradient
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    # the gradients stay scaled until the step
+    assert not folds({"plugins": [MixedPrecision("16-mixed", "cpu", scaler)]})
+    assert not isinstance(
+        MinEntModule(**tiny_module_kwargs(), momentum=0.0).make_optimizer(
+            [{"params": [nn.Parameter(torch.zeros(1))]}]
+        ),
+        FoldingSGD,
+    )
