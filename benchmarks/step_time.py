@@ -135,7 +135,9 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     model_kwargs = (
         {"arch": args.arch, "encoder": args.encoder} if args.encoder else {"arch": args.arch}
     )
-    module = _module_class(args.method)(num_classes=num_classes, **model_kwargs)
+    module = _module_class(args.method)(
+        num_classes=num_classes, fold_gradients=not args.no_fold, **model_kwargs
+    )
     timer = StepTimer()
     trainer = Trainer(
         accelerator=args.device,
@@ -171,6 +173,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="runs per method, taken in turn")
     parser.add_argument(
+        "--no-fold",
+        action="store_true",
+        help="fold_gradients=False: SGD keeps each loss's gradients until the step",
+    )
+    parser.add_argument(
         "--json", type=Path, default=Path(__file__).parent / "results" / "step_time.json"
     )
     parser.add_argument("--method", help=argparse.SUPPRESS)  # internal: run one method, print JSON
@@ -185,6 +192,7 @@ def main() -> None:
 
     def run(method: str, live_memory: bool = False) -> dict[str, float]:
         cmd = [sys.executable, __file__, "--method", method]
+        cmd += ["--no-fold"] if args.no_fold else []
         for option in options:
             value = getattr(args, option)
             if live_memory and option == "steps":
@@ -219,7 +227,7 @@ def main() -> None:
     header = (
         f"{args.arch}/{args.encoder} {args.size}×{args.size}, batch {args.batch_size}"
         f"+{args.batch_size}, {args.device}, {args.precision}, {args.threads} thread(s), "
-        f"{args.repeats} run(s) per method"
+        f"{args.repeats} run(s) per method" + (", fold_gradients=False" if args.no_fold else "")
     )
     print(f"\n### Step time and peak memory ({header})\n")
     rss = " peak RSS (MiB) | × SourceOnly |" if on_cpu else ""

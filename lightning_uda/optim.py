@@ -86,6 +86,16 @@ class FoldingSGD(torch.optim.SGD):
         """Whether gradients were folded since the last :meth:`step`."""
         return any(state.get("folded", False) for state in self.state.values())
 
+    def folded_sums_finite(self) -> bool:
+        """Whether the momentum buffers holding folded gradients (partial sums between steps)
+        are all finite; ``True`` when nothing is folded."""
+        buffers = [
+            state["momentum_buffer"]
+            for state in self.state.values()
+            if state.get("folded", False) and "momentum_buffer" in state
+        ]
+        return all(bool(torch.isfinite(b).all()) for b in buffers)
+
     @torch.no_grad()
     def fold_gradients(self) -> None:
         """Add every ``.grad`` to its momentum buffer and drop it (``.grad = None``)."""

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 
@@ -207,3 +208,48 @@ def test_folding_is_off_where_it_would_change_the_update(tmp_path):
         ),
         FoldingSGD,
     )
+
+
+class _SaveAfterBatch(Callback):
+    def __init__(self, path, batch_idx: int) -> None:
+        self.path, self.batch_idx = path, batch_idx
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == self.batch_idx:
+            trainer.save_checkpoint(self.path)
+
+
+def test_a_run_checkpointed_between_accumulated_batches_resumes_exactly(tmp_path):
+    """Step 2 of 3 has folded one of its two batches when the checkpoint is written."""
+    kwargs = dict(tiny_module_kwargs(), accumulate_grad_batches=2)
+    torch.manual_seed(0)
+    straight = MinEntModule(**kwargs)
+    path = tmp_path / "mid.ckpt"
+    cpu_trainer(tmp_path, max_steps=3, callbacks=[_SaveAfterBatch(path, batch_idx=2)]).fit(
+        straight, datamodule=toy_datamodule()
+    )
+    saved = torch.load(path, weights_only=False)
+    assert saved["uda"]["accumulated"] == 1
+    assert any(s.get("folded") for s in saved["optimizer_states"][0]["state"].values())
+
+    torch.manual_seed(123)
+    resumed = MinEntModule(**kwargs)
+    cpu_trainer(tmp_path / "resume", max_steps=3).fit(
+        resumed, datamodule=toy_datamodule(), ckpt_path=path
+    )
+    assert resumed.uda_step == 3
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+
+
+def test_non_finite_folded_gradients_are_never_checkpointed(tmp_path):
+    module = MinEntModule(**tiny_module_kwargs(), accumulate_grad_batches=2)
+    trainer = cpu_trainer(tmp_path, max_steps=1)
+    trainer.fit(module, datamodule=toy_datamodule())
+    optimizer = trainer.optimizers[0]
+    p = next(module.model.parameters())
+    p.grad = torch.full_like(p, float("nan"))
+    optimizer.fold_gradients()
+    with pytest.raises(FloatingPointError, match="folded since optimiser step 1 hold NaN or inf"):
+        trainer.save_checkpoint(tmp_path / "bad.ckpt")
+    assert not (tmp_path / "bad.ckpt").exists()

@@ -740,6 +740,16 @@ class UDAModule(LightningModule):
         return {"names": [n for n, _ in named], "values": [v.cpu().clone() for v in gathered]}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainer = self._trainer
+        for optimizer in trainer.optimizers if trainer is not None else []:
+            # between accumulated batches the momentum buffers hold folded partial sums
+            if isinstance(optimizer, FoldingSGD) and not optimizer.folded_sums_finite():
+                raise FloatingPointError(
+                    f"{type(self).__name__}: the gradients folded since optimiser step "
+                    f"{self.uda_step} hold NaN or inf, so this checkpoint is not written. "
+                    f"{self._last_good_checkpoint()} Lower the learning rate or check the "
+                    "inputs, and resume from that checkpoint."
+                )
         # Called on every rank; per-rank RNG states keep a resumed DDP run on the same stream.
         checkpoint["uda"] = {
             "uda_step": self.uda_step,
