@@ -14,11 +14,12 @@ gₙ`` is::
     b ← μ·b + (g + λ·p)        (b ← g + λ·p at the first step)
     p ← p − η·b
 
-Folding after backward ``i`` does ``b ← μ·b + λ·p`` once per step (before the first fold of the
-step; a zero buffer at the first step, which gives the same values), then ``b ← b + gᵢ`` and
-drops ``gᵢ``; :meth:`FoldingSGD.step` adds what is left in ``.grad`` and applies ``p ← p − η·b``.
-That is the same update up to the order of floating-point additions. Learning rates may change
-between folds and the step (the poly schedule steps after the optimiser): only the step uses η.
+The first fold of a step does ``b ← μ·b + (g₁ + λ·p)`` as torch does, each later fold
+``b ← b + gᵢ``, and each drops its gradients; :meth:`FoldingSGD.step` folds what is left in
+``.grad`` and applies ``p ← p − η·b``. That is the same update up to the order of floating-point
+additions, and torch's exactly when a step folds once (one backward per step). Learning rates
+may change between folds and the step (the poly schedule steps after the optimiser): only the
+step uses η.
 
 A parameter with no gradient in any backward of a step is skipped, as torch's SGD skips it. The
 per-parameter flag ``"folded"`` lives in the optimiser state, so a checkpoint written between the
@@ -98,29 +99,36 @@ class FoldingSGD(torch.optim.SGD):
 
     @torch.no_grad()
     def fold_gradients(self) -> None:
-        """Add every ``.grad`` to its momentum buffer and drop it (``.grad = None``)."""
+        """Add every ``.grad`` to its momentum buffer and drop it (``.grad = None``).
+
+        The first fold of a step does torch's arithmetic (``b ← μ·b + (g + λ·p)``, ``b ← g + λ·p``
+        at the first step), so a step with one fold is torch's SGD step bit for bit; later folds
+        add their gradient.
+        """
         for group in self.param_groups:
             momentum, decay = group["momentum"], group["weight_decay"]
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            fresh = [p for p in params if not self.state[p].get("folded", False)]
-            if fresh:  # first fold of this step: b ← μ·b + λ·p (a zero buffer at the first step)
-                for p in fresh:
-                    if "momentum_buffer" not in self.state[p]:
-                        self.state[p]["momentum_buffer"] = torch.zeros_like(
-                            p, memory_format=torch.preserve_format
-                        )
-                    self.state[p]["folded"] = True
-                buffers = [self.state[p]["momentum_buffer"] for p in fresh]
-                torch._foreach_mul_(buffers, momentum)
-                if decay:
-                    torch._foreach_add_(buffers, fresh, alpha=decay)
-            torch._foreach_add_(
-                [self.state[p]["momentum_buffer"] for p in params], [p.grad for p in params]
-            )
-            for p in params:
-                p.grad = None
+            later = []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if state.get("folded", False):
+                    later.append(p)
+                    continue
+                step = p.grad.add(p, alpha=decay) if decay else p.grad
+                buffer = state.get("momentum_buffer")
+                if buffer is None:
+                    state["momentum_buffer"] = torch.clone(step).detach()
+                else:
+                    buffer.mul_(momentum).add_(step)
+                state["folded"] = True
+                p.grad = None  # freed one parameter at a time: no second copy of all gradients
+            if later:
+                torch._foreach_add_(
+                    [self.state[p]["momentum_buffer"] for p in later], [p.grad for p in later]
+                )
+                for p in later:
+                    p.grad = None
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]

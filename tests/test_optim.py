@@ -79,6 +79,24 @@ def test_without_folds_it_is_torch_sgd_bit_for_bit():
         assert torch.equal(getattr(same, name), p), name
 
 
+def test_one_fold_per_step_is_torch_sgd_bit_for_bit():
+    # one backward per step (SourceOnly, DANN): the fold does torch's arithmetic
+    results = []
+    for cls, fold in ((torch.optim.SGD, False), (FoldingSGD, True)):
+        model = TwoHeads()
+        optimizer = cls(model.groups(0.01), lr=0.01, momentum=0.9)
+        for step in range(4):
+            first, second = model.losses(_inputs(step))
+            (first + second).backward()
+            if fold:
+                optimizer.fold_gradients()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        results.append(model)
+    for name, p in results[0].named_parameters():
+        assert torch.equal(getattr(results[1], name), p), name
+
+
 def test_one_fold_by_hand():
     # μ = 0.9, λ = 0.1, η = 0.5; previous buffer b = 1, p = 2, gradients 3 then 4:
     # b ← 0.9·1 + (3 + 4 + 0.1·2) = 8.1, p ← 2 − 0.5·8.1 = −2.05
