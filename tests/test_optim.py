@@ -271,3 +271,16 @@ def test_non_finite_folded_gradients_are_never_checkpointed(tmp_path):
     with pytest.raises(FloatingPointError, match="folded since optimiser step 1 hold NaN or inf"):
         trainer.save_checkpoint(tmp_path / "bad.ckpt")
     assert not (tmp_path / "bad.ckpt").exists()
+
+
+def test_one_backward_per_step_trains_exactly_as_torch_sgd(tmp_path):
+    from lightning_uda.methods import SourceOnlyModule
+
+    params = {}
+    for fold in (False, True):
+        torch.manual_seed(0)
+        module = SourceOnlyModule(**tiny_module_kwargs(), fold_gradients=fold)
+        cpu_trainer(tmp_path, max_steps=4).fit(module, datamodule=toy_datamodule())
+        params[fold] = module.model.state_dict()
+    for name, value in params[False].items():
+        assert torch.equal(params[True][name], value), name
