@@ -98,9 +98,9 @@ class AdvEntModule(MultiLevelModule):
     low-resolution logits (one map over both domains, one level at a time) instead of keeping
     input-resolution maps through the segmentor's backward. D's own arithmetic (forward on the
     target maps with the gradient to its input, forward and backward on both domains' maps) is
-    fixed per pixel: 0.42× of a DeepLabV2-ResNet18 SourceOnly step at 256² on the CPU, 0.11× with
-    ResNet-101 (``benchmarks/adversarial_floor.py``), so an iteration costs about 2× SourceOnly
-    plus that.
+    fixed per pixel: 0.41× of a DeepLabV2-ResNet18 SourceOnly forward + backward at 256² in
+    floating-point operations, 0.11× with ResNet-101 (``benchmarks/adversarial_floor.py``), so an
+    iteration costs about 2× SourceOnly plus that.
 
     **DDP** needs ``strategy="ddp_find_unused_parameters_true"``: the segmentor's backward leaves
     the discriminators without gradients and the discriminators' backward the segmentor.
