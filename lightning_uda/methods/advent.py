@@ -198,6 +198,13 @@ class AdvEntModule(MultiLevelModule):
         keep it (:func:`~lightning_uda.losses.channel_softmax`), so D's input needs no copy."""
         return {k: z.contiguous(memory_format=self.discriminator_format) for k, z in logits.items()}
 
+    def _detached_maps(self, level: str, logits: Tensor, size: tuple[int, int]) -> Tensor:
+        """D's input for ``level`` from detached low-resolution ``logits`` (no graph), in D's
+        memory format."""
+        with torch.no_grad():
+            inputs = self.discriminator_inputs(self._in_discriminator_format({level: logits}), size)
+        return inputs[level].contiguous(memory_format=self.discriminator_format)
+
     def domain_loss(self, level: str, maps: Tensor, domain_label: float) -> Tensor:
         """Discriminator ``level``'s loss on ``maps`` against a constant domain label."""
         logits = self.discriminators[level](
@@ -252,26 +259,16 @@ class AdvEntModule(MultiLevelModule):
                 # One map computation and one D forward over both domains (D has no batch
                 # statistics, so each map's output is the same as alone), then each half scored
                 # against its own label. One level at a time: one level's maps alive at once.
-                with torch.no_grad():
-                    both = {level: torch.cat([source[level], target[level]])}
-                    maps = self.discriminator_inputs(
-                        self._in_discriminator_format(both), source_size
-                    )[level]
-                logits = discriminator(maps.contiguous(memory_format=self.discriminator_format))
-                del maps
+                both = torch.cat([source[level], target[level]])
+                logits = discriminator(self._detached_maps(level, both, source_size))
                 split = source[level].shape[0]
                 loss_source = self.domain_criterion(logits[:split], SOURCE_LABEL)
                 loss_target = self.domain_criterion(logits[split:], TARGET_LABEL)
             else:  # whole frames of different sizes (AdvEnt's GTA5 1280×720, Cityscapes 1024×512)
-                with torch.no_grad():
-                    source_maps = self.discriminator_inputs(
-                        self._in_discriminator_format({level: source[level]}), source_size
-                    )
-                    target_maps = self.discriminator_inputs(
-                        self._in_discriminator_format({level: target[level]}), target_size
-                    )
-                loss_source = self.domain_loss(level, source_maps.pop(level), SOURCE_LABEL)
-                loss_target = self.domain_loss(level, target_maps.pop(level), TARGET_LABEL)
+                source_maps = self._detached_maps(level, source[level], source_size)
+                loss_source = self.domain_loss(level, source_maps, SOURCE_LABEL)
+                target_maps = self._detached_maps(level, target[level], target_size)
+                loss_target = self.domain_loss(level, target_maps, TARGET_LABEL)
             yield f"discriminator_{level}", 0.5 * (loss_source + loss_target)
 
     # ------------------------------------------------------------------ algorithm

@@ -175,8 +175,8 @@ class UDAModule(LightningModule):
         gradient_clip_val: clip the gradient norm of the segmentor to this value (None = off).
         fold_gradients: with SGD, add each loss's gradients to the momentum buffer right after its
             backward and drop them (:class:`~lightning_uda.optim.FoldingSGD`), so the next
-            forward runs without a copy of the gradients beside its activations (AdvEnt's peak
-            memory on the CPU benchmark: 1.62× → 1.3× SourceOnly). The same update up to the
+            forward runs without a copy of the gradients beside its activations (MinEnt's peak
+            RSS on the CPU benchmark: 1.40× → 1.18× SourceOnly). The same update up to the
             order of additions. Off by itself with gradient clipping, a 16-bit AMP loss scaler or
             momentum 0; turn it off for callbacks that read ``.grad`` before the step.
         class_names: names of the K classes for metric keys (default: from the datamodule).

@@ -297,6 +297,37 @@ def test_adversarial_loss_labels_target_maps_as_source():
     assert float(d_loss.detach()) == pytest.approx(float(expected))
 
 
+@pytest.mark.parametrize("target_size", [(32, 32), (64, 32)], ids=["same_size", "other_size"])
+def test_discriminator_loss_equals_advent_formula_on_both_domains(target_size):
+    # AdvEnt's step 2 written out with torch's ops (bilinear upsampling, softmax, the entropy map
+    # formula, D in the default memory format): ½ BCE(D(I_s), 0) + ½ BCE(D(I_t), 1). Same-size
+    # batches take the one-forward path, different sizes (GTA5 vs Cityscapes frames) the other.
+    from torch.nn import functional as F
+
+    from lightning_uda.losses import entropy_map
+
+    torch.manual_seed(0)
+    module = AdvEntModule(**advent_kwargs())
+    source = torch.randn(2, 3, 4, 4)
+    target = torch.randn(2, 3, 4, 4)
+    module._detached_logits = {
+        "source": ({"main": source}, (32, 32)),
+        "target": ({"main": target}, target_size),
+    }
+    ((name, got),) = list(module.discriminator_losses())
+
+    disc = module.discriminators["main"].to(memory_format=torch.contiguous_format)
+
+    def bce(logits, size, label):
+        up = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        out = disc(entropy_map(torch.softmax(up, dim=1)))
+        return F.binary_cross_entropy_with_logits(out, torch.full_like(out, label))
+
+    expected = 0.5 * (bce(source, (32, 32), 0.0) + bce(target, target_size, 1.0))
+    assert name == "discriminator_main"
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 def test_multi_level_segmentor_gets_an_auxiliary_discriminator(tmp_path):
     torch.manual_seed(0)
