@@ -228,25 +228,54 @@ def test_accumulated_batches_fold_to_the_same_update(tmp_path):
     assert_equal_up_to_reassociation(params[True], params[False])
 
 
-def test_folding_is_off_where_it_would_change_the_update(tmp_path):
-    def folds(trainer_kwargs: dict | None = None, **module_kwargs) -> bool:
+def test_folding_is_opt_in_and_refused_where_it_would_change_the_update(tmp_path):
+    def optimizer(**module_kwargs) -> torch.optim.Optimizer:
         module = MinEntModule(**tiny_module_kwargs(), **module_kwargs)
-        trainer = cpu_trainer(tmp_path, max_steps=1, **(trainer_kwargs or {}))
-        trainer.fit(module, datamodule=toy_datamodule())
-        return module.folds_gradients
+        return module.make_optimizer(module.segmentor_param_groups())
 
-    assert folds()
-    assert not folds(fold_gradients=False)
-    assert not folds(gradient_clip_val=1.0)  # needs the norm of the summed gradient
+    assert type(optimizer()) is torch.optim.SGD  # off by default
+    assert isinstance(optimizer(fold_gradients=True), FoldingSGD)
+    conflicts = {
+        "gradient_clip_val=1.0": {"gradient_clip_val": 1.0},  # needs the summed gradient's norm
+        "optimizer='adamw'": {"optimizer": "adamw"},
+        "momentum=0": {"momentum": 0.0},
+        "dampening=0.1": {"dampening": 0.1},
+        "nesterov=True": {"nesterov": True},
+    }
+    for named, kwargs in conflicts.items():
+        with pytest.raises(
+            ValueError, match=f"fold_gradients=True cannot be combined with {named}"
+        ):
+            MinEntModule(**{**tiny_module_kwargs(), **kwargs}, fold_gradients=True)
+        MinEntModule(**{**tiny_module_kwargs(), **kwargs})  # each is fine without folding
+    # 16-bit AMP: the gradients stay scaled until the step
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
-    # the gradients stay scaled until the step
-    assert not folds({"plugins": [MixedPrecision("16-mixed", "cpu", scaler)]})
-    assert not isinstance(
-        MinEntModule(**tiny_module_kwargs(), momentum=0.0).make_optimizer(
-            [{"params": [nn.Parameter(torch.zeros(1))]}]
-        ),
-        FoldingSGD,
+    module = MinEntModule(**tiny_module_kwargs(), fold_gradients=True)
+    trainer = cpu_trainer(
+        tmp_path, max_steps=1, plugins=[MixedPrecision("16-mixed", "cpu", scaler)]
     )
+    with pytest.raises(ValueError, match="fold_gradients=True cannot be combined with 16-bit AMP"):
+        trainer.fit(module, datamodule=toy_datamodule())
+    with pytest.raises(ValueError, match="dampening=0.1 or nesterov=False"):
+        FoldingSGD([nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9, dampening=0.1)
+
+
+def test_gradient_norm_logging_sees_the_summed_gradient_without_folding(tmp_path):
+    # Lightning's grad_norm in on_before_optimizer_step: with folding off (the default) .grad
+    # holds the step's whole gradient, so the logged norm is the summed gradient's.
+    from lightning.pytorch.utilities import grad_norm
+
+    class NormLogging(MinEntModule):
+        norms: list[float] = []
+
+        def on_before_optimizer_step(self, optimizer):
+            super().on_before_optimizer_step(optimizer)
+            self.norms.append(float(grad_norm(self.model, norm_type=2)["grad_2.0_norm_total"]))
+
+    torch.manual_seed(0)
+    module = NormLogging(**tiny_module_kwargs())
+    cpu_trainer(tmp_path, max_steps=2).fit(module, datamodule=toy_datamodule())
+    assert len(module.norms) == 2 and all(n > 0 for n in module.norms)
 
 
 class _SaveAfterBatch(Callback):
@@ -260,7 +289,7 @@ class _SaveAfterBatch(Callback):
 
 def test_a_run_checkpointed_between_accumulated_batches_resumes_exactly(tmp_path):
     """Step 2 of 3 has folded one of its two batches when the checkpoint is written."""
-    kwargs = dict(tiny_module_kwargs(), accumulate_grad_batches=2)
+    kwargs = dict(tiny_module_kwargs(), accumulate_grad_batches=2, fold_gradients=True)
     torch.manual_seed(0)
     straight = MinEntModule(**kwargs)
     path = tmp_path / "mid.ckpt"
@@ -282,7 +311,7 @@ def test_a_run_checkpointed_between_accumulated_batches_resumes_exactly(tmp_path
 
 
 def test_non_finite_folded_gradients_are_never_checkpointed(tmp_path):
-    module = MinEntModule(**tiny_module_kwargs(), accumulate_grad_batches=2)
+    module = MinEntModule(**tiny_module_kwargs(), accumulate_grad_batches=2, fold_gradients=True)
     trainer = cpu_trainer(tmp_path, max_steps=1)
     trainer.fit(module, datamodule=toy_datamodule())
     optimizer = trainer.optimizers[0]

@@ -118,7 +118,7 @@ class SegmentationPanels(Callback):
     """Log images with ground-truth/prediction masks and a per-class IoU chart to W&B.
 
     - ``train/mixed_batch``: the latest mixed batch of a self-training method
-      (``pl_module._last_mix``, images and mixed labels) every ``every_n_steps`` optimiser steps;
+      (``pl_module.last_mix``, images and mixed labels) every ``every_n_steps`` optimiser steps;
     - ``val/examples``: the first validation batch with ground-truth and predicted masks
       (``pl_module.segment``), at every validation;
     - ``val/IoU_per_class``: a bar chart of ``pl_module.last_iou["val"]`` after every
@@ -182,7 +182,7 @@ class SegmentationPanels(Callback):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         logger = self._wandb(trainer)
-        mixed = getattr(pl_module, "_last_mix", None)
+        mixed = getattr(pl_module, "last_mix", None)
         if logger is None or mixed is None or trainer.global_step % self.every_n_steps:
             return
         n = min(self.max_images, mixed["image"].shape[0])

@@ -7,19 +7,17 @@ Items are ``{"image": float 3×H×W, "mask": long H×W}`` with images in the run
 :data:`EVALUATION_PROTOCOLS` for how validation labels are sized.
 """
 
-from lightning_uda.data.datamodule import DomainSampler, RareClassDomainSampler, UDADataModule
-from lightning_uda.data.datasets import (
-    GTA5,
-    SYNTHIA,
+from lightning_uda.data.datamodule import UDADataModule
+from lightning_uda.data.datasets import GTA5, SYNTHIA, Cityscapes
+from lightning_uda.data.demo import DEMO_CLASSES, DigitScenes, demo_datamodule, demo_datasets
+from lightning_uda.data.files import (
     AllIgnoreLabelError,
-    Cityscapes,
     CorruptImageError,
     DatasetLayoutError,
-    SegmentationFolder,
     UnknownLabelError,
     read_image,
 )
-from lightning_uda.data.demo import DEMO_CLASSES, DigitScenes, demo_datamodule, demo_datasets
+from lightning_uda.data.folder import SegmentationFolder
 from lightning_uda.data.labels import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_ID_TO_TRAIN_ID,
@@ -32,6 +30,7 @@ from lightning_uda.data.labels import (
     colorize,
 )
 from lightning_uda.data.rcs import RareClassSampler, RareClassSampling, rare_class_probabilities
+from lightning_uda.data.sampling import DomainSampler, RareClassDomainSampler
 from lightning_uda.data.transforms import (
     EVALUATION_PROTOCOLS,
     PRESETS,

@@ -7,38 +7,10 @@ Training batches (``train_dataloader``, a Lightning ``CombinedLoader``)::
 
 ``index`` is each sample's index in its dataset (for logging/debugging; methods ignore it).
 
-**Sampling.** Each domain is an endless stream: cycle ``c`` of a domain is a permutation of its
-dataset drawn from ``(seed, domain, c)``; under DDP every cycle is padded to a multiple of the world
-size and rank ``r`` takes every ``world_size``-th element from ``r`` (like ``DistributedSampler``),
-so ranks see disjoint shards of each cycle. The shorter domain simply starts its next cycle
-sooner: it cycles, with a fresh order each time. One epoch is one pass over the longer domain
-(``steps_per_epoch`` batches per rank); train by iterations (``Trainer(max_steps=...)``).
-
-**Resuming.** The sample at stream position ``p`` of a rank is a pure function of ``(seed, domain,
-rank, world size, p)`` (and so is the random state its transform gets, see below). When an
-iterator over the training loader is created, the sampler reads how many batches the trainer has
-already taken from ``trainer.fit_loop.epoch_loop.batch_progress`` (restored from the checkpoint on
-a resume) and starts exactly there, so a run resumed from a mid-epoch checkpoint sees the same
-stream as an uninterrupted one. (With a plain ``DataLoader``, Lightning 2.6 restarts the
-interrupted epoch's data from its first batch while ``batch_idx`` continues, so the first batches
-are seen twice and the last ones never.) Keep the world size, batch sizes and seed when resuming
-(a change is reported), and pass the datamodule itself (``trainer.fit(model, datamodule=dm)``):
-without a trainer the sampler counts the batches it handed out. Under DDP, rank and world size come
-from the trainer; the samplers subclass ``DistributedSampler``, so Lightning keeps them with the
-default ``use_distributed_sampler=True``.
-
-**Rare-class sampling** (``rare_class_sampling=RareClassSampling()``, DAFormer): the source
-stream's positions are draws of a class ``c`` with ``P(c) = softmax((1 − f_c) / T)`` and of an
-image holding more than ``min_pixels`` of it (:mod:`lightning_uda.data.rcs`) instead of a
-shuffled pass; the item's random crop is re-drawn (fresh random states derived from the item's,
-up to ``max_crop_tries``) until it holds more than ``min_crop_ratio · min_pixels`` pixels of
-``c``, and the last draw is kept otherwise. Draws are a pure function of the stream position,
-so resume and DDP sharding work as for the plain stream. The target stream is unchanged.
-
-**Augmentation randomness.** Before loading stream position ``p``, an albumentations pipeline
-(``dataset.transform``) gets a random state seeded from ``(seed, domain, rank, world size, p)``,
-so crops and flips are also reproducible, independent of ``num_workers``, and identical after a
-resume. Worker processes additionally seed ``random``/``numpy`` from their torch seed.
+**Sampling, resuming, rare-class sampling, augmentation randomness**: each domain is an endless,
+rank-sharded stream whose sample at each position is a pure function of the seed and the
+position, so a resumed run sees the same stream as an uninterrupted one; see
+:mod:`lightning_uda.data.sampling`.
 
 **Input space.** All datasets must normalise images the same way (``dataset.normalization``,
 see :mod:`lightning_uda.normalization`); :attr:`UDADataModule.normalization` is that common space,
@@ -56,28 +28,24 @@ that mixes sizes raises an error naming them.
 from __future__ import annotations
 
 import math
-import random
-import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import albumentations as A
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import CombinedLoader, rank_zero_warn
-from torch.utils.data import (
-    ConcatDataset,
-    DataLoader,
-    Dataset,
-    DistributedSampler,
-    Subset,
-    default_collate,
-)
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from lightning_uda.constants import IGNORE_INDEX
-from lightning_uda.data.datasets import AllIgnoreLabelError
+from lightning_uda.data.checks import (
+    _base_dataset,
+    _check_classes,
+    _check_normalization,
+    _source_label,
+)
+from lightning_uda.data.files import AllIgnoreLabelError
 from lightning_uda.data.labels import CITYSCAPES_PALETTE
 from lightning_uda.data.rcs import (
     RareClassSampler,
@@ -86,216 +54,17 @@ from lightning_uda.data.rcs import (
     load_or_compute_class_stats,
 )
 from lightning_uda.data.rcs import class_pixel_counts as _count_class_pixels
-from lightning_uda.normalization import IMAGENET, InputNormalization, get_normalization
+from lightning_uda.data.sampling import (
+    DomainSampler,
+    RareClassDomainSampler,
+    _domain_key,
+    _DomainItems,
+    _seed_worker,
+    _StreamLoader,
+)
+from lightning_uda.normalization import InputNormalization
 
 __all__ = ["DomainSampler", "RareClassDomainSampler", "UDADataModule"]
-
-#: ``() -> (batches taken so far in the run, batches taken in the current epoch)`` or ``None``.
-ProgressFn = Callable[[], "tuple[int, int] | None"]
-
-
-def _domain_key(domain: str) -> int:
-    return zlib.crc32(domain.encode())
-
-
-class DomainSampler(DistributedSampler):
-    """Endless, rank-sharded, resumable sampler of one domain; yields ``(index, item_seed)``.
-
-    The rank's stream is the concatenation over cycles ``c = 0, 1, ...`` of its shard of a
-    permutation drawn from ``(seed, domain, c)``: the permutation is padded cyclically to
-    ``world_size * shard_size`` elements (``shard_size = ceil(n / world_size)``) and rank ``r``
-    takes elements ``r, r + world_size, ...``. Stream position ``p`` is sample ``p % shard_size``
-    of cycle ``p // shard_size``. Batch ``b`` of the run is positions ``[b·B, (b+1)·B)``.
-
-    Each ``iter()`` yields ``steps_per_epoch`` batches (``steps_per_epoch·B`` elements) starting at
-    the current batch: taken from ``progress()`` if given (the trainer's loop counters, see
-    :class:`UDADataModule`), otherwise from the sampler's own count of batches yielded. It
-    subclasses ``DistributedSampler`` so that Lightning does not replace it with its own
-    (``use_distributed_sampler=True``, the default, is fine). ``set_epoch`` has no effect: the
-    order depends on the stream position only.
-
-    Args:
-        dataset_size: ``n``, samples in the domain's dataset.
-        batch_size: ``B``, samples per batch and rank.
-        steps_per_epoch: batches per ``iter()`` (one epoch).
-        seed: base seed of the permutations and item seeds.
-        domain: name of the domain (mixed into the seeds, so domains have independent orders).
-        rank: this process' rank.
-        world_size: number of processes.
-        progress: ``() -> (batches taken in the run, batches taken in this epoch) | None``.
-
-    Example:
-        >>> s = DomainSampler(5, batch_size=2, steps_per_epoch=3, seed=0, domain="target")
-        >>> len([i for i, _ in s])  # 3 batches of 2 from an endless stream over 5 samples
-        6
-    """
-
-    def __init__(
-        self,
-        dataset_size: int,
-        batch_size: int,
-        steps_per_epoch: int,
-        seed: int = 0,
-        domain: str = "source",
-        rank: int = 0,
-        world_size: int = 1,
-        progress: ProgressFn | None = None,
-    ) -> None:
-        if dataset_size < 1:
-            raise ValueError(f"domain {domain!r} has no samples")
-        if batch_size < 1 or steps_per_epoch < 1:
-            raise ValueError("batch_size and steps_per_epoch must be positive")
-        super().__init__(
-            range(dataset_size), num_replicas=world_size, rank=rank, shuffle=True, seed=seed
-        )
-        self.dataset_size = dataset_size
-        self.batch_size = batch_size
-        self.steps_per_epoch = steps_per_epoch
-        self.domain = domain
-        self.world_size = world_size
-        self.progress = progress
-        self.shard_size = math.ceil(dataset_size / world_size)
-        self._seed = seed & 0xFFFFFFFFFFFFFFFF
-        self._domain_key = _domain_key(domain)
-        self._next_batch = 0
-        self._cycle_cache: tuple[int, np.ndarray] | None = None
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch * self.batch_size
-
-    def shard(self, cycle: int) -> np.ndarray:
-        """This rank's dataset indices in cycle ``cycle``, ``(shard_size,)`` int64."""
-        if self._cycle_cache is not None and self._cycle_cache[0] == cycle:
-            return self._cycle_cache[1]
-        rng = np.random.default_rng([self._seed, self._domain_key, cycle])
-        order = rng.permutation(self.dataset_size)
-        order = np.resize(order, self.shard_size * self.world_size)  # pad cyclically
-        shard = order[self.rank :: self.world_size]
-        self._cycle_cache = (cycle, shard)
-        return shard
-
-    def index_at(self, position: int) -> int:
-        """Dataset index at stream position ``position`` of this rank."""
-        cycle, offset = divmod(position, self.shard_size)
-        return int(self.shard(cycle)[offset])
-
-    def key_at(self, position: int) -> tuple[int, ...]:
-        """What the loader's dataset gets for stream position ``position``: ``(index, seed)``."""
-        return self.index_at(position), self.item_seed(position)
-
-    def item_seed(self, position: int) -> int:
-        """Seed of the transform's random state for stream position ``position`` (uint32)."""
-        entropy = [self._seed, self._domain_key, self.world_size, self.rank, position]
-        return int(np.random.SeedSequence(entropy).generate_state(1)[0])
-
-    def _start(self) -> tuple[int, int]:
-        """(first batch of this iteration, number of batches to yield)."""
-        progress = self.progress() if self.progress is not None else None
-        if progress is None:
-            return self._next_batch, self.steps_per_epoch
-        taken_total, taken_in_epoch = progress
-        if 0 < taken_in_epoch < self.steps_per_epoch:  # resumed mid-epoch: finish the epoch
-            return taken_total, self.steps_per_epoch - taken_in_epoch
-        return taken_total, self.steps_per_epoch
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        start, count = self._start()  # read now, when the loader's iterator is created
-        self._next_batch = start
-        return self._generate(start, count)
-
-    def _generate(self, start: int, count: int) -> Iterator[tuple[int, int]]:
-        for batch in range(start, start + count):
-            positions = range(batch * self.batch_size, (batch + 1) * self.batch_size)
-            keys = [self.key_at(p) for p in positions]
-            # Counted as handed out before its last element is taken: a consumer that stops
-            # after a full batch must not see it again on the next iter().
-            self._next_batch = batch + 1
-            yield from keys
-
-    def set_epoch(self, epoch: int) -> None:
-        """Recorded for Lightning's sake; the order depends on the stream position only."""
-        self.epoch = epoch
-
-    def state_dict(self) -> dict[str, int]:
-        """The sampler's own position (used when no ``progress`` function is given)."""
-        return {"next_batch": self._next_batch}
-
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        """Restore :meth:`state_dict`."""
-        self._next_batch = int(state["next_batch"])
-
-
-class RareClassDomainSampler(DomainSampler):
-    """:class:`DomainSampler` whose stream positions are rare-class draws (DAFormer's RCS).
-
-    Stream position ``p`` of rank ``r`` (of ``W``) is draw ``p·W + r`` of ``rcs`` (a
-    :class:`~lightning_uda.data.rcs.RareClassSampler`): an ``(image, class)`` pair, a pure function
-    of ``(seed, p, r, W)`` like the plain stream, so a resume continues exactly. Ranks take
-    disjoint draws. Keys are ``(index, item_seed, class)``; the loader's dataset re-draws the crop
-    until it holds enough of the class (see :class:`UDADataModule`).
-    """
-
-    def __init__(self, dataset_size: int, rcs: RareClassSampler, **kwargs: Any) -> None:
-        super().__init__(dataset_size, **kwargs)
-        self.rcs = rcs
-
-    def key_at(self, position: int) -> tuple[int, ...]:
-        index, cls = self.rcs.draw(position * self.world_size + self.rank)
-        return index, self.item_seed(position), cls
-
-    def index_at(self, position: int) -> int:
-        return int(self.key_at(position)[0])
-
-
-class _DomainItems(Dataset):
-    """Wraps a domain's dataset for the sampler's ``(index, item_seed[, class])`` keys."""
-
-    def __init__(
-        self, dataset: Dataset, keep_mask: bool, rcs: RareClassSampling | None = None
-    ) -> None:
-        self.dataset = dataset
-        self.keep_mask = keep_mask
-        self.rcs = rcs
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def _load(self, index: int, item_seed: int) -> dict[str, Any]:
-        transform = getattr(self.dataset, "transform", None)
-        if isinstance(transform, A.BaseCompose):
-            # One generator shared by all the pipeline's transforms (set_random_seed would give
-            # each transform the same seed, correlating e.g. crop position and flip).
-            transform.set_random_state(np.random.default_rng(item_seed), random.Random(item_seed))
-        item = self.dataset[index]
-        if not isinstance(item, Mapping):
-            raise TypeError(
-                f"{type(self.dataset).__name__}[{index}] returned {type(item).__name__}; "
-                'UDADataModule needs dict items {"image": ..., "mask": ...}'
-            )
-        return dict(item)
-
-    def __getitem__(self, key: tuple[int, ...]) -> dict[str, Any]:
-        index, item_seed = key[0], key[1]
-        item = self._load(index, item_seed)
-        if len(key) == 3 and self.rcs is not None and self.rcs.min_crop_ratio > 0:
-            # Rare-class sampling: re-draw the (random) crop until it holds enough of the class.
-            cls = key[2]
-            for attempt in range(1, self.rcs.max_crop_tries):
-                if float((np.asarray(item["mask"]) == cls).sum()) > self.rcs.min_crop_pixels:
-                    break
-                retry_seed = np.random.SeedSequence([item_seed, attempt]).generate_state(1)[0]
-                item = self._load(index, int(retry_seed))
-        if not self.keep_mask:
-            item.pop("mask", None)
-        item["index"] = index
-        return item
-
-
-def _seed_worker(worker_id: int) -> None:
-    # torch seeds each worker from the loader's generator; derive numpy's and random's from it.
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
 
 
 def _collate_eval(items: list[Mapping[str, Any]]) -> Any:
@@ -314,77 +83,6 @@ def _collate_eval(items: list[Mapping[str, Any]]) -> Any:
                 "or resize the masks too (val_transform(protocol='dacs'))."
             )
     return default_collate(items)
-
-
-def _input_space(dataset: Dataset | None) -> InputNormalization | None:
-    """The space a dataset declares (``normalization``), looking through Subset/ConcatDataset."""
-    space = getattr(dataset, "normalization", None)
-    if space is not None:
-        return get_normalization(space)
-    if isinstance(dataset, Subset):
-        return _input_space(dataset.dataset)
-    if isinstance(dataset, ConcatDataset):
-        spaces = {s for s in map(_input_space, dataset.datasets) if s is not None}
-        if len(spaces) > 1:
-            names = ", ".join(str(s) for s in spaces)
-            raise ValueError(f"UDADataModule: a ConcatDataset mixes input spaces: {names}")
-        return spaces.pop() if spaces else None
-    return None
-
-
-def _base_dataset(dataset: Dataset) -> Dataset:
-    """The dataset under ``Subset`` wrappers."""
-    while isinstance(dataset, Subset):
-        dataset = dataset.dataset
-    return dataset
-
-
-def _source_label(dataset: Dataset, index: int) -> tuple[str, Any]:
-    """``(description, train-id mask)`` of item ``index``, from the label file when possible."""
-    while isinstance(dataset, Subset):
-        index = int(dataset.indices[index])
-        dataset = dataset.dataset
-    samples = getattr(dataset, "samples", None)
-    load_mask = getattr(dataset, "load_mask", None)
-    if samples is not None and callable(load_mask) and samples[index][1] is not None:
-        path = samples[index][1]
-        return str(path), load_mask(path)
-    mask = dataset[index]["mask"]
-    return f"source item {index}", mask.numpy() if hasattr(mask, "numpy") else mask
-
-
-class _StreamLoader(DataLoader):
-    """A training loader that resumes itself (see :class:`DomainSampler`).
-
-    ``state_dict``/``load_state_dict`` make Lightning treat it as resumable (no "dataloader is not
-    resumable" warning) and carry the sampling configuration in the checkpoint, so that a resume
-    with a different one is reported.
-    """
-
-    def _config(self) -> dict[str, Any]:
-        sampler = self.sampler
-        assert isinstance(sampler, DomainSampler)
-        return {
-            "domain": sampler.domain,
-            "seed": sampler.seed,
-            "world_size": sampler.world_size,
-            "batch_size": sampler.batch_size,
-            "dataset_size": sampler.dataset_size,
-            "rare_class_sampling": isinstance(sampler, RareClassDomainSampler),
-        }
-
-    def state_dict(self) -> dict[str, Any]:
-        return self._config()
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        now = self._config()
-        changed = {k: (v, now[k]) for k, v in state_dict.items() if now.get(k) != v}
-        if changed:
-            rank_zero_warn(
-                f"Resuming the {now['domain']!r} stream with a different configuration "
-                f"(checkpoint → now: {changed}); the samples after the resume will differ from "
-                "those of an uninterrupted run."
-            )
 
 
 class UDADataModule(L.LightningDataModule):
@@ -498,8 +196,8 @@ class UDADataModule(L.LightningDataModule):
         for name, dataset in named.items():
             if dataset is not None and len(dataset) == 0:  # type: ignore[arg-type]
                 raise ValueError(f"UDADataModule: the {name} dataset is empty")
-        self._check_classes(named)
-        self._normalization = self._check_normalization(named)
+        _check_classes(named)
+        self._normalization = _check_normalization(named)
         if target_monitor_labels and getattr(target, "return_mask", True) is False:
             raise ValueError(
                 "target_monitor_labels=True needs target masks, but the target dataset was built "
@@ -518,55 +216,6 @@ class UDADataModule(L.LightningDataModule):
         return f"{type(self).__name__}({', '.join(parts)}, {sizes}, seed={self.seed})"
 
     __str__ = __repr__
-
-    @staticmethod
-    def _check_classes(datasets: Mapping[str, Dataset | None]) -> None:
-        reference_name, reference = "val", getattr(datasets["val"], "classes", None)
-        if reference is None:
-            raise ValueError(
-                "UDADataModule: the val dataset has no `classes` attribute (list of class names "
-                "indexed by train id); it defines num_classes and the metrics."
-            )
-        for name, dataset in datasets.items():
-            classes = getattr(dataset, "classes", None)
-            if dataset is None or classes is None or name == reference_name:
-                continue
-            if list(classes) != list(reference):
-                raise ValueError(
-                    f"UDADataModule: the {name} dataset's classes differ from the val dataset's.\n"
-                    f"  {name} ({len(classes)}): {list(classes)}\n"
-                    f"  val ({len(reference)}): {list(reference)}\n"
-                    "Map both to the same train ids (e.g. with label_map) and class list."
-                )
-
-    @staticmethod
-    def _check_normalization(datasets: Mapping[str, Dataset | None]) -> InputNormalization:
-        spaces: dict[str, InputNormalization] = {}
-        for name, dataset in datasets.items():
-            try:
-                space = _input_space(dataset)
-            except ValueError as error:
-                message = f"UDADataModule: the {name} dataset's normalization: {error}"
-                raise ValueError(message) from error
-            if space is not None:
-                spaces[name] = space
-        if len(set(spaces.values())) <= 1:
-            return next(iter(spaces.values()), IMAGENET)
-        lines = "\n".join(
-            f"  {name} ({type(datasets[name]).__name__}): {space}" for name, space in spaces.items()
-        )
-        counts: dict[InputNormalization, int] = {}
-        for space in spaces.values():
-            counts[space] = counts.get(space, 0) + 1
-        majority = max(counts, key=lambda s: counts[s]).name
-        raise ValueError(
-            "UDADataModule: the datasets normalise images into different input spaces:\n"
-            f"{lines}\n"
-            "A run has one input space (the one the segmentor's weights expect): build every "
-            f"dataset with the same normalization, e.g. normalization={majority!r} "
-            f"(Cityscapes(..., normalization={majority!r}), or preset(name, "
-            f"normalization={majority!r}) for a transform passed as an object)."
-        )
 
     # ------------------------------------------------------------------ input space
     @property
@@ -712,7 +361,7 @@ class UDADataModule(L.LightningDataModule):
         Labels converted wrongly (16-bit SYNTHIA labels read as 8-bit, colour instead of id
         images, train ids where label ids are expected) load as 255 everywhere, and training
         then runs with a source loss of exactly 0 and no complaint. If every checked label is
-        all void this raises :class:`~lightning_uda.data.datasets.AllIgnoreLabelError` naming
+        all void this raises :class:`~lightning_uda.data.files.AllIgnoreLabelError` naming
         the files and the likely cause; if at least ``all_ignore_warn_fraction`` of them are, it
         warns. Called when the training loader is built (the start of ``fit``); reads the label
         files only (no augmentation) where the dataset exposes them.

@@ -6,7 +6,8 @@ target maps, ``½ BCE(D(s), 0) + ½ BCE(D(t), 1)``), multi-level with a discrimi
 but the discriminators see the **softmax** of the logits interpolated to the input size instead
 of the entropy maps. So the module is :class:`~lightning_uda.methods.AdvEntModule` with one hook,
 :meth:`~lightning_uda.methods.AdvEntModule.discriminator_inputs`, overridden; the optimisation,
-step counting, checkpointing and DDP notes are AdvEnt's.
+step counting, checkpointing and DDP notes are those of
+:class:`~lightning_uda.methods.adversarial.AdversarialMixin`.
 
 The paper's weights (GTA5 → Cityscapes, multi-level DeepLabV2-ResNet101, published 42.4 mIoU):
 λ_adv 0.001 on the main output and 0.0002 on the auxiliary one, λ_seg 0.1 on the auxiliary CE,
@@ -14,7 +15,8 @@ discriminators (AdvEnt's fully convolutional D, 64 → 512 channels) trained wit
 (0.9, 0.99), both learning rates poly-decayed over 250k iterations (stopped at 150k), source
 frames 1280×720 and target frames 1024×512, batch 1. Where the library differs from AdaptSegNet's
 code: one Adam over both discriminators (the same update as two, Adam being per parameter); the
-discriminators' backward runs after the segmentor's step (the same update, see AdvEntModule).
+discriminators' backward runs after the segmentor's step (the same update, see
+:mod:`lightning_uda.methods.adversarial`).
 """
 
 from __future__ import annotations

@@ -12,98 +12,47 @@ input size):
    L_D = ½ BCE(D(I_s), 0) + ½ BCE(D(I_t), 1) per level; Adam step (poly decay).
 λ_adv = 0.001, λ_adv_aux = 0.0002; D: Adam lr 1e-4, betas (0.9, 0.99) (AdvEnt's config).
 
-Both discriminators are submodules of the LightningModule (``self.discriminators``), so they are
-moved to the device and saved in / restored from checkpoints with the segmentor; both optimisers
-and both poly schedulers are ordinary Lightning optimisers/schedulers and are checkpointed too.
+The alternation of the two steps, the step counting (``max_steps=N`` means N iterations),
+checkpointing and the DDP requirement are :class:`~lightning_uda.methods.adversarial.
+AdversarialMixin`'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_uda.methods.adversarial import (
+    SOURCE_DOMAIN,
+    AdversarialMixin,
+    discriminator_loss,
+    domain_bce,
+    frozen,
+)
 from lightning_uda.methods.base import Losses, check_range
 from lightning_uda.methods.multi_level import MultiLevelModule, entropy_maps
 from lightning_uda.models import Discriminator
 
-#: Domain labels of the discriminator (AdvEnt: ``source_label = 0``, ``target_label = 1``).
-SOURCE_LABEL = 0.0
-TARGET_LABEL = 1.0
 #: Five stride-2 convs: inputs need at least 2**5 pixels per side.
 MIN_DISCRIMINATOR_INPUT = 32
 
 
-@contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """Turn off ``requires_grad`` of ``module``'s parameters inside the block (then restore it).
-
-    A forward pass run inside the block builds no graph to those parameters, so a later backward
-    gives them no gradient (AdvEnt: "only train segnet, don't accumulate grads in discriminators").
-    """
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
-def _no_closure() -> None:
-    """Closure for a manual optimiser step: the gradients are already there."""
-    return None
-
-
-class AdvEntModule(MultiLevelModule):
+class AdvEntModule(AdversarialMixin, MultiLevelModule):
     """AdvEnt: a discriminator on entropy maps makes target predictions look like source ones.
 
     Overridable hooks: :meth:`discriminator_inputs` (what D sees: the entropy maps here, the
     softmax maps in :class:`~lightning_uda.methods.AdaptSegNetModule`), :meth:`domain_criterion`
     (how D's output is scored), :meth:`discriminator_losses` (the D objective).
 
-    **Iterations, not optimiser steps.** Lightning 2.x counts ``trainer.global_step`` (and stops at
-    ``Trainer(max_steps=N)``) by the calls of ``LightningOptimizer.step()`` in manual
-    optimisation: stepping both optimisers that way counts 2 per iteration, so ``max_steps=N``
-    would stop after N/2 iterations and the poly schedules (built for N) would stop half-way. The
-    segmentor's optimiser is therefore stepped through ``LightningOptimizer.step()`` (one count per
-    iteration) and the discriminators' through ``trainer.strategy.optimizer_step()``, the call
-    ``LightningOptimizer.step()`` itself delegates to, which applies the precision plugin (AMP
-    gradient unscaling and inf/NaN skipping, ``on_before_optimizer_step`` hooks) but not the loop's
-    step counter. So ``max_steps=N`` means N iterations, ``global_step == uda_step``, and
-    step-based checkpointing/logging count iterations. (Verified with Lightning 2.6 in
-    ``tests/methods/test_advent.py``.)
-
-    **Order.** The discriminator's loss is back-propagated after the segmentor's optimiser step.
-    It uses maps detached before that step and D's weights are not touched by it, so this is the
-    same update as AdvEnt's (backward everything, then step both), but each optimiser's gradients
-    are scaled and unscaled with the same AMP loss scale (``16-mixed`` updates the scale after
-    every optimiser step). With ``accumulate_grad_batches = k > 1`` both optimisers step every k
-    batches; under ``16-mixed`` D's first k − 1 micro-batches were then scaled before the
-    segmentor's step updated the scale, so on the rare steps where the scale changes (growth every
-    2000 clean steps, or an inf) their gradients are unscaled by a factor 2 off for that step.
-    Lightning's AMP plugin updates the scale once per optimiser step, so no order is exact there.
-
-    **Clipping and accumulation** are the module's ``gradient_clip_val`` (segmentor only; the
-    discriminators are not clipped, as in AdvEnt) and ``accumulate_grad_batches`` (both).
-
-    **Memory and time.** The source gradients are folded into SGD's momentum buffer before the
-    target pass (``fold_gradients``, :class:`~lightning_uda.optim.FoldingSGD`); the maps reach
-    the discriminators channels-last without a copy; D's step recomputes its maps from detached
+    **Memory.** The source gradients are folded into SGD's momentum buffer before the target
+    pass (``fold_gradients``, :class:`~lightning_uda.optim.FoldingSGD`); the maps reach the
+    discriminators channels-last without a copy; D's step recomputes its maps from detached
     low-resolution logits (one map over both domains, one level at a time) instead of keeping
-    input-resolution maps through the segmentor's backward. D's own arithmetic (forward on the
-    target maps with the gradient to its input, forward and backward on both domains' maps) is
-    fixed per pixel: 0.41× of a DeepLabV2-ResNet18 SourceOnly forward + backward at 256² in
-    floating-point operations, 0.11× with ResNet-101 (``benchmarks/adversarial_floor.py``), so an
-    iteration costs about 2× SourceOnly plus that.
-
-    **DDP** needs ``strategy="ddp_find_unused_parameters_true"``: the segmentor's backward leaves
-    the discriminators without gradients and the discriminators' backward the segmentor.
+    input-resolution maps through the segmentor's backward. D's own arithmetic is fixed per pixel
+    (its share of an iteration: ``benchmarks/adversarial_floor.py``).
 
     Args:
         adv_weight: λ_adv of the main output (0.001).
@@ -113,8 +62,8 @@ class AdvEntModule(MultiLevelModule):
         discriminator_betas: Adam betas (0.9, 0.99).
         discriminator_width: channels of D's first conv (64; then ×2 per layer).
         discriminator_channels_last: keep the discriminators' weights and inputs in the
-            channels-last memory format (default on: the same numbers, and their convolutions
-            ran 1.6× faster on the CPU, fwd + bwd at 256², and use tensor cores under AMP on GPUs).
+            channels-last memory format (default on: the same numbers, faster convolutions on
+            the CPU (``benchmarks/README.md``) and tensor cores under AMP on GPUs).
         **kwargs: see :class:`MultiLevelModule` (``aux_seg_weight``) and :class:`UDAModule`.
     """
 
@@ -152,19 +101,21 @@ class AdvEntModule(MultiLevelModule):
         #: D is trained on are recomputed from them in D's step (no graph), instead of keeping
         #: input-resolution maps alive through the segmentor's backward.
         self._detached_logits: dict[str, tuple[dict[str, Tensor], tuple[int, int]]] = {}
-        self._segmentor_stepped = False
 
     def check_batch(self, batch: Mapping[str, Any]) -> None:
         """The discriminator halves its input five times: images need 32×32 pixels or more."""
         super().check_batch(batch)
         for domain in ("source", "target"):
-            size = tuple(batch[domain]["image"].shape[-2:])
-            if min(size) < MIN_DISCRIMINATOR_INPUT:
-                raise ValueError(
-                    f"AdvEnt's discriminator halves its input 5 times, so images need at least "
-                    f"{MIN_DISCRIMINATOR_INPUT}×{MIN_DISCRIMINATOR_INPUT} pixels; the {domain} "
-                    f"batch has {size}. Use larger crops."
-                )
+            self._check_size(tuple(batch[domain]["image"].shape[-2:]), f"the {domain} batch")
+
+    @staticmethod
+    def _check_size(size: tuple[int, int], where: str = "the images") -> None:
+        if min(size) < MIN_DISCRIMINATOR_INPUT:
+            raise ValueError(
+                f"AdvEnt's discriminator halves its input 5 times, so images need at least "
+                f"{MIN_DISCRIMINATOR_INPUT}×{MIN_DISCRIMINATOR_INPUT} pixels; got {tuple(size)} "
+                f"({where}). Use larger crops."
+            )
 
     # ------------------------------------------------------------------ hooks
     def discriminator_inputs(
@@ -183,15 +134,6 @@ class AdvEntModule(MultiLevelModule):
         """Level → ``B×K×H×W`` weighted self-information map at the input size ``(H, W)``."""
         self._check_size(size)
         return entropy_maps(logits, size, align_corners=self.align_corners)
-
-    @staticmethod
-    def _check_size(size: tuple[int, int]) -> None:
-        if min(size) < MIN_DISCRIMINATOR_INPUT:
-            raise ValueError(
-                f"The discriminator halves its input 5 times, so images need at least "
-                f"{MIN_DISCRIMINATOR_INPUT}×{MIN_DISCRIMINATOR_INPUT} pixels; got {tuple(size)}. "
-                "Use larger crops."
-            )
 
     def _in_discriminator_format(self, logits: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The low-resolution logits in D's memory format: upsampling and the channel softmax
@@ -215,7 +157,7 @@ class AdvEntModule(MultiLevelModule):
     def domain_criterion(self, logits: Tensor, domain_label: float) -> Tensor:
         """How D's output is scored: BCE-with-logits against a constant label (AdvEnt's; an
         LS-GAN variant would return the mean squared error instead)."""
-        return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, domain_label))
+        return domain_bce(logits, domain_label)
 
     def source_loss(self, source: Mapping[str, Tensor]) -> Tensor:
         """Source CE over every level; keeps the detached source logits for D's step."""
@@ -244,7 +186,7 @@ class AdvEntModule(MultiLevelModule):
         loss = torch.zeros((), device=next(iter(maps.values())).device)
         with frozen(self.discriminators):
             for level in list(maps):
-                adversarial = self.domain_loss(level, maps.pop(level), SOURCE_LABEL)
+                adversarial = self.domain_loss(level, maps.pop(level), SOURCE_DOMAIN)
                 self.log(f"train/adversarial_{level}", adversarial.detach(), batch_size=batch_size)
                 loss = loss + self.adv_weights[level] * adversarial
         return loss
@@ -262,83 +204,43 @@ class AdvEntModule(MultiLevelModule):
                 both = torch.cat([source[level], target[level]])
                 logits = discriminator(self._detached_maps(level, both, source_size))
                 split = source[level].shape[0]
-                loss_source = self.domain_criterion(logits[:split], SOURCE_LABEL)
-                loss_target = self.domain_criterion(logits[split:], TARGET_LABEL)
+                source_logits, target_logits = logits[:split], logits[split:]
             else:  # whole frames of different sizes (AdvEnt's GTA5 1280×720, Cityscapes 1024×512)
-                source_maps = self._detached_maps(level, source[level], source_size)
-                loss_source = self.domain_loss(level, source_maps, SOURCE_LABEL)
-                target_maps = self._detached_maps(level, target[level], target_size)
-                loss_target = self.domain_loss(level, target_maps, TARGET_LABEL)
-            yield f"discriminator_{level}", 0.5 * (loss_source + loss_target)
+                source_logits = discriminator(
+                    self._detached_maps(level, source[level], source_size)
+                )
+                target_logits = discriminator(
+                    self._detached_maps(level, target[level], target_size)
+                )
+            loss = discriminator_loss(source_logits, target_logits, self.domain_criterion)
+            yield f"discriminator_{level}", loss
 
     # ------------------------------------------------------------------ algorithm
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        """Step 1 (base: back-propagate each loss, step the segmentor every k batches), step 2."""
-        self._segmentor_stepped = False
-        total = super().training_step(batch, batch_idx)
-        accumulate = self.hparams.accumulate_grad_batches
+    def adversary_updates(self, batch: Mapping[str, Any], step: bool) -> None:
+        """Step 2: back-propagate each level's D loss; step D's optimiser if ``step``."""
         batch_size = batch["source"]["image"].shape[0]
         for name, loss in self.discriminator_losses():
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"{type(self).__name__}: the '{name}' loss is {loss.item()} at step "
-                    f"{self.uda_step}; lower discriminator_lr or check the inputs."
-                )
-            self.manual_backward(loss / accumulate)
+            self.adversary_backward(name, loss, hint="discriminator_lr")
             self.log(f"train/loss_{name}", loss.detach(), batch_size=batch_size)
         self._detached_logits = {}
-        if self._segmentor_stepped:
+        if step:
             self.discriminator_optimizer_step()
             self.check_finite_state("discriminators")  # the rest was checked after its step
-        return total
-
-    def optimizer_steps(self) -> None:
-        """Step and zero the segmentor's optimiser (clipped in ``on_before_optimizer_step``) and
-        step its poly schedule.
-
-        Called by :meth:`UDAModule.training_step` every ``accumulate_grad_batches`` batches; the
-        discriminators are stepped after their own backward (:meth:`discriminator_optimizer_step`).
-        """
-        segmentor_optimizer, _ = self.optimizers()
-        segmentor_scheduler, _ = self.lr_schedulers()
-        segmentor_optimizer.step()  # through LightningOptimizer: counts one trainer.global_step
-        segmentor_optimizer.zero_grad(set_to_none=True)
-        segmentor_scheduler.step()
-        self.log("train/lr", segmentor_optimizer.param_groups[0]["lr"], batch_size=1)
-        self._segmentor_stepped = True
 
     def discriminator_optimizer_step(self) -> None:
-        """Step and zero the discriminators' optimiser and step its poly schedule.
-
-        Goes through the strategy (precision plugin included) but not ``LightningOptimizer``, so
-        Lightning's step counter keeps counting iterations (see the class docstring).
-        """
-        _, discriminator_optimizer = self.optimizers(use_pl_optimizer=False)
-        _, discriminator_scheduler = self.lr_schedulers()
-        self.trainer.strategy.optimizer_step(discriminator_optimizer, _no_closure, model=self)
-        discriminator_optimizer.zero_grad(set_to_none=True)
-        discriminator_scheduler.step()
-        self.log(
-            "train/lr_discriminator", discriminator_optimizer.param_groups[0]["lr"], batch_size=1
-        )
+        """Step and zero the discriminators' optimiser and step its poly schedule."""
+        self.adversary_optimizer_step(1, "discriminator")
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
+        """The segmentor's optimiser, then one Adam over both discriminators with AdvEnt's poly
+        decay (the same update as AdvEnt's two, Adam's state being per parameter)."""
         segmentor = super().configure_optimizers()
         hp = self.hparams
-        optimizer = torch.optim.Adam(
+        discriminators = self.adversary_optimizer(
             self.discriminators.parameters(),
             lr=hp.discriminator_lr,
-            betas=tuple(hp.discriminator_betas),
+            betas=hp.discriminator_betas,
+            poly=True,
         )
-        # AdvEnt decays D's learning rate with the same poly rule (no warm-up). One Adam over both
-        # discriminators equals AdvEnt's two (Adam's state is per parameter).
-        scheduler = self.poly_scheduler(optimizer, warmup_steps=0)
-        return segmentor, {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}
-
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        self.require_unused_parameter_detection(
-            "back-propagates the segmentor and discriminator losses separately, so each "
-            "backward leaves some parameters without gradients"
-        )
+        return segmentor, discriminators

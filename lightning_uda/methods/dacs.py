@@ -8,6 +8,9 @@ Algorithm per step (one line per yielded loss):
    x = M·x_s + (1−M)·x_t, y = M·y_s + (1−M)·ŷ_t, w = M·1 + (1−M)·q;
 4. colour jitter + Gaussian blur on x; mixed CE = mean over all pixels of w × CE(student(x), y).
 The EMATeacher callback then updates the teacher after the optimiser step. Evaluate the student.
+Steps 2–4 run in :class:`~lightning_uda.methods.SelfTrainingModule`; what makes them DACS' is
+:meth:`DACSModule.mix_inputs` (source image and ground truth over the target image and its
+pseudo-label) and the class choice of the source ground truth rounded up.
 """
 
 from __future__ import annotations
@@ -18,13 +21,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_uda.methods.classmix import ClassMixModule, MixInputs
+from lightning_uda.methods.self_training import MixInputs, SelfTrainingModule
 
 
-class DACSModule(ClassMixModule):
+class DACSModule(SelfTrainingModule):
     """DACS: source classes (by ground truth) pasted onto target images.
 
-    Same hooks and arguments as :class:`ClassMixModule`; the default class choice rounds up
+    Hooks and arguments: :class:`SelfTrainingModule`'s; the default class choice rounds up
     (ceil(n/2), as DACS). DAFormer's class choice (each image draws among the classes of the
     whole source batch) is ``mix_mode="batch_union"``. Subclass and override one hook for a
     variant, e.g. ``mix_mask`` for one class choice shared by the batch, or ``pseudo_label`` to
@@ -36,14 +39,12 @@ class DACSModule(ClassMixModule):
     """
 
     default_mix_rounding = "ceil"
-    #: Train-mode teacher BatchNorm, as DACS' code; on the demo it beat the eval-mode teacher on
-    #: every seed (README, "Teacher BatchNorm").
+    #: Train-mode teacher BatchNorm, as DACS' code (README, "Teacher BatchNorm").
     default_teacher_bn = "train"
 
     def check_batch(self, batch: Mapping[str, Any]) -> None:
         """Source images are pasted onto target images: both batches need one shape."""
-        # Skip ClassMix's check (two target images per device): DACS pairs across domains.
-        super(ClassMixModule, self).check_batch(batch)
+        super().check_batch(batch)
         self._check_same_shape(batch)
 
     def _check_same_shape(self, batch: Mapping[str, Any]) -> None:

@@ -11,36 +11,77 @@ Cityscapes configuration does:
   name holds ``norm`` or ``pos_block``.
 - **Schedule**: linear warm-up over 1,500 iterations from 1e-6 × the learning rate (mmcv's rule),
   then poly decay with power 1.0 to 0 at 40k iterations (``Trainer(max_steps=40_000)``).
-- **Teacher**: EMA α 0.999, BatchNorm in train mode (as DACS).
+- **Teacher**: EMA α 0.999, BatchNorm in train mode (as DACS), dropout and drop-path off while
+  pseudo-labelling (as DAFormer's teacher).
 - **Pseudo-label crop**: weights 0 on the top 15 and bottom 120 rows of the target image (the
   rectification artefacts and the ego-car of Cityscapes).
-- **ImageNet feature distance**: 0.005 × the mean L2 distance between the student's and the
-  frozen ImageNet encoder's last-stage source features, on thing-class cells (ids 6, 7, 11–18).
+- **ImageNet feature distance** (:func:`source_loss_with_feature_distance`): 0.005 × the mean
+  L2 distance between the student's and the frozen ImageNet encoder's last-stage source
+  features, on thing-class cells (ids 6, 7, 11–18), from the source forward that gives the CE.
+  The frozen copy (``imnet_encoder``) is the encoder as built, so start the model from the
+  ImageNet weights; it is checkpointed and never optimised.
+- **Source CE**: the mean over all pixels, void counting 0 (mmseg's ``cross_entropy``;
+  ``source_ce_mean_over="all"``).
 - **Mixing**: each image draws half of the classes present in the whole source batch, void
   included (``mix_mode="batch_union"``, ``mix_include_ignore=True``); colour jitter strength
   0.2 with probability 0.8 and blur, one draw per batch, kornia 0.5's jitter.
 - **Data** (not the module's; see the example recipes): rare-class sampling
   (``UDADataModule(rare_class_sampling=RareClassSampling())``), flips, source crops with
-  ``cat_max_ratio`` 0.75 (``preset("gta5_train_daformer")``), batch 2 + 2 at 512×512.
+  ``cat_max_ratio`` 0.75 (``preset("gta5_train_daformer")``), plain random target crops, batch
+  2 + 2 at 512×512.
 
-Where the library differs from DAFormer's code: the teacher's train-mode forward keeps dropout
-off (DAFormer's teacher runs its head's dropout 0.1 while pseudo-labelling) and does not update
-its running statistics; under DDP the recipe keeps DAFormer's global batch (see the examples);
-RCS draws are per rank; the target crops do not use the target labels (DAFormer's target
-pipeline re-draws crops by ``cat_max_ratio`` on them).
+Where the library differs from DAFormer's code: the teacher's train-mode forward does not update
+its running statistics (DAFormer's has no BatchNorm in MiT, so this only matters on DeepLab-v2);
+under DDP the recipe keeps DAFormer's global batch (see the examples); RCS draws are per rank.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-from lightning_uda.losses import CITYSCAPES_THING_CLASSES
+from lightning_uda.losses import CITYSCAPES_THING_CLASSES, feature_distance
 from lightning_uda.methods.dacs import DACSModule
+from lightning_uda.models import forward_with_features
 
-__all__ = ["DAFormerModule"]
+if TYPE_CHECKING:
+    from lightning_uda.methods.self_training import SelfTrainingModule
+
+__all__ = ["DAFormerModule", "source_loss_with_feature_distance"]
+
+
+def source_loss_with_feature_distance(
+    module: SelfTrainingModule, source: Mapping[str, Tensor]
+) -> Tensor:
+    """Source CE plus λ_FD × DAFormer's ImageNet feature distance, from one encoder pass.
+
+    The distance is the mean L2 distance between the student's deepest encoder features of the
+    source images and those of ``module.imnet_encoder`` (the frozen initial encoder), over the
+    feature cells whose downscaled source label is one of ``feature_distance_classes`` (a cell
+    takes its majority class when it covers at least ``feature_distance_min_ratio`` of it); 0
+    when none is present (:func:`lightning_uda.losses.feature_distance`). Logged as
+    ``train/feature_distance``.
+    """
+    images, labels = source["image"], source["mask"]
+    logits, features = forward_with_features(module.model, images)
+    loss = module.source_cross_entropy(logits, labels)
+    with torch.no_grad():
+        reference = list(module.imnet_encoder(images))[-1]
+    hp = module.hparams
+    distance = feature_distance(
+        features[-1],
+        reference,
+        labels,
+        classes=hp.feature_distance_classes,
+        num_classes=module.num_classes,
+        min_ratio=hp.feature_distance_min_ratio,
+        ignore_index=module.ignore_index,
+    )
+    module.log("train/feature_distance", distance.detach(), batch_size=images.shape[0])
+    return loss + hp.feature_distance_weight * distance
 
 
 class DAFormerModule(DACSModule):
@@ -61,6 +102,7 @@ class DAFormerModule(DACSModule):
         poly_power, warmup_steps, warmup_ratio: poly 1.0 after 1,500 warm-up steps from 1e-6.
         ema_alpha: teacher EMA decay (0.999).
         pseudo_label_crop: target rows ``(top, bottom)`` with pseudo-label weight 0 (15, 120).
+        source_ce_mean_over: ``"all"`` (mmseg's mean over all pixels, void counting 0).
         feature_distance_weight: λ_FD (0.005); ``feature_distance_classes``: thing classes.
         mix_mode, mix_include_ignore: DAFormer's class choice (``"batch_union"``, void kept).
         jitter_strength, jitter_p, jitter_semantics, augment_decision: 0.2, 0.8, kornia 0.5's
@@ -94,6 +136,7 @@ class DAFormerModule(DACSModule):
         jitter_p: float = 0.8,
         jitter_semantics: str = "kornia05",
         augment_decision: str = "per_batch",
+        source_ce_mean_over: str = "all",
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -119,5 +162,6 @@ class DAFormerModule(DACSModule):
             jitter_p=jitter_p,
             jitter_semantics=jitter_semantics,
             augment_decision=augment_decision,
+            source_ce_mean_over=source_ce_mean_over,
             **kwargs,
         )

@@ -21,55 +21,23 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_uda.losses import cross_entropy
+from lightning_uda.methods.adversarial import (
+    SOURCE_DOMAIN,
+    TARGET_DOMAIN,
+    discriminator_loss,
+    domain_accuracy,
+)
 from lightning_uda.methods.base import Losses, UDAModule, check_range
 from lightning_uda.models import dann_coefficient, forward_with_features, gradient_reversal
+from lightning_uda.models.discriminator import PixelDomainClassifier
 
 __all__ = ["DANNModule", "PixelDomainClassifier", "SOURCE_DOMAIN", "TARGET_DOMAIN"]
 
-#: Domain labels of the classifier (AdvEnt's convention; tllib uses source = 1, target = 0).
-SOURCE_DOMAIN = 0.0
-TARGET_DOMAIN = 1.0
 #: Side of the blank image the segmentor is probed with to find its feature channels.
 PROBE_SIZE = 64
-
-
-class PixelDomainClassifier(nn.Sequential):
-    """Per-position domain classifier: 1×1 convs ``in → hidden → hidden → 1`` with ReLU.
-
-    The fully convolutional equivalent of the MLP domain discriminator of DANN: tllib's
-    ``DomainDiscriminator`` is ``Linear(in, 1024) → BN → ReLU → Linear(1024, 1024) → BN → ReLU →
-    Linear(1024, 1) → Sigmoid`` on one pooled feature vector per image; a 1×1 convolution is
-    that ``Linear`` applied at every position of a feature map. Differences:
-
-    - no BatchNorm: the source and target features go through ``D`` in separate calls (their
-      crops may differ in size), and BatchNorm over a single-domain batch would normalise away
-      the very statistics that tell the domains apart (tllib's BN sees the concatenated batch);
-    - a logit instead of a sigmoid probability (the loss is BCE-with-logits, stable under AMP);
-    - ``hidden`` defaults to 256 rather than 1024 (one hidden vector per position of a stride-8
-      map is far more activations than one per image).
-
-    Args:
-        in_channels: channels of the feature map.
-        hidden: width of the two hidden layers.
-
-    Shape:
-        - input ``B×in_channels×h×w``; output ``B×1×h×w`` domain logits (> 0: target).
-    """
-
-    def __init__(self, in_channels: int, hidden: int = 256) -> None:
-        if in_channels < 1 or hidden < 1:
-            raise ValueError(f"in_channels and hidden must be >= 1, got {in_channels}, {hidden}")
-        super().__init__(
-            nn.Conv2d(in_channels, hidden, kernel_size=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, hidden, kernel_size=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, 1, kernel_size=1),
-        )
 
 
 def _probe_feature_channels(model: nn.Module) -> list[int]:
@@ -208,7 +176,8 @@ class DANNModule(UDAModule):
     def domain_loss(
         self, source_features: Tensor, target_features: Tensor, coeff: float | Tensor
     ) -> tuple[Tensor, Tensor]:
-        """``½ (BCE(D(GRL(f_s)), 0) + BCE(D(GRL(f_t)), 1))`` and ``D``'s accuracy.
+        """``½ (BCE(D(GRL(f_s)), 0) + BCE(D(GRL(f_t)), 1))`` and ``D``'s accuracy
+        (:func:`~lightning_uda.methods.adversarial.discriminator_loss`, ``domain_accuracy``).
 
         Each BCE is the mean over the positions of its domain's map (so each domain weighs ½
         whatever its crop size). Unweighted by λ_adv.
@@ -222,15 +191,10 @@ class DANNModule(UDAModule):
             ``(loss, accuracy)``: the scalar loss and the mean of the two domains' accuracies
             (detached, in [0, 1]; a position counts as target when its logit is >= 0).
         """
-        losses, accuracies = [], []
-        for features, label in ((source_features, SOURCE_DOMAIN), (target_features, TARGET_DOMAIN)):
-            logits = self.domain_logits(features, coeff)
-            losses.append(
-                F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, label))
-            )
-            predicted = (logits.detach() >= 0).to(logits.dtype)
-            accuracies.append((predicted == label).float().mean())
-        return 0.5 * (losses[0] + losses[1]), 0.5 * (accuracies[0] + accuracies[1])
+        source_logits = self.domain_logits(source_features, coeff)
+        target_logits = self.domain_logits(target_features, coeff)
+        loss = discriminator_loss(source_logits, target_logits)
+        return loss, domain_accuracy(source_logits.detach(), target_logits.detach())
 
     # ------------------------------------------------------------------ algorithm
     def training_losses(self, batch: Mapping[str, Any]) -> Losses:

@@ -8,23 +8,13 @@ the reconstructions of one domain towards the real images of the *other* domain 
 segmentor's features of both domains together. Networks: :class:`~lightning_uda.models.lsd_seg.
 LSDGenerator` and :class:`~lightning_uda.models.lsd_seg.LSDDiscriminator`.
 
-Losses of one iteration (CE: cross-entropy; ``D_dom(x)``: D's ``B×4×h×w`` domain map, constant
-label per image; ``D_cls(x)``: D's ``B×K×h×w`` class map against the source labels resized to it
-(nearest, void 255 ignored); ``ŝ = G(features(source))``, ``t̂`` likewise; real images and
-reconstructions in RGB [0, 1]):
-
-1. **D**: ``CE(D_dom(s), 0) + CE(D_dom(ŝ), 1) + CE(D_dom(t), 2) + CE(D_dom(t̂), 3)
-   + CE(D_cls(s), y)``;
-2. **G**: ``1 · CE(D_cls(ŝ), y) + 0.1 · [CE(D_dom(ŝ), 0) + CE(D_dom(t̂), 2)]
-   + 1 · [L1(ŝ, s) + L1(t̂, t)]`` (fool D: each fake as a real of its own domain);
-3. **segmentor**: ``CE(seg(s), y_full) + 0.1 · [CE(D_dom(ŝ), 2) + CE(D_dom(t̂), 0)]
-   + 0.1 · CE(D_cls(ŝ), y)`` (domain confusion: a source reconstruction should look like a real
-   target image and vice versa), through G and D; plus the base's optional MCC term.
-
-Weights (module arguments, the reference's values): D's terms 1; G's ``generator_class_weight``
-1, ``generator_adv_weight`` 0.1, ``l1_weight`` 1; the segmentor's ``adv_weight`` 0.1 and
-``class_weight`` 0.1. G and D: Adam, lr 1e-4, betas (0.7, 0.999), constant learning rate (the
-reference schedules neither).
+Each iteration updates three networks, each on its own loss (the formulas, with the reference's
+weights: :mod:`lightning_uda.methods.lsd_seg_losses`): **D** learns the four domain labels of
+real and reconstructed images and the source classes; **G** reconstructs the images with D's
+classes right while fooling D (each fake as a real of its own domain); the **segmentor** learns
+the source CE plus *domain confusion* (a source reconstruction should look like a real target
+image and vice versa) and D's classes on the source reconstructions, through G and D. G and D:
+Adam, lr 1e-4, betas (0.7, 0.999), constant learning rate (the reference schedules neither).
 
 **What each update sees, and the order.** The reference computes every output once per
 iteration (segmentor, G, D on the four images), before any update, then steps D, G and the
@@ -33,9 +23,10 @@ gradients before each backward, and detaches nothing). So every loss is a loss o
 *pre-update* networks. Modern autograd does not allow back-propagating through weights an
 optimiser has changed in place, and DDP needs each backward to reach only the network it
 updates, so here each update has its own forward, with the other networks frozen
-(``requires_grad`` off, :func:`~lightning_uda.methods.advent.frozen`) or their outputs
+(``requires_grad`` off, :func:`~lightning_uda.methods.adversarial.frozen`) or their outputs
 detached, and the networks are stepped in the order segmentor → G → D, which keeps every forward
-on the pre-update weights:
+on the pre-update weights (the iteration of :class:`~lightning_uda.methods.adversarial.
+AdversarialMixin`, with G and D as the adversaries):
 
 1. segmentor forward on both domains; G and D frozen: reconstructions and D's maps; segmentor
    loss; backward (segmentor gradients only); segmentor step;
@@ -54,8 +45,7 @@ old ones; here every gradient is the gradient of the computed loss; (b) its thre
 one dropout mask per network, here each forward draws its own (G and D have dropout 0.5 in their
 residual blocks). Each backward is followed at once by its own optimiser's step, so under
 ``16-mixed`` every gradient is unscaled with the loss scale it was scaled with (with
-``accumulate_grad_batches > 1`` the caveat of :class:`~lightning_uda.methods.AdvEntModule`
-applies).
+``accumulate_grad_batches > 1`` see :mod:`lightning_uda.methods.adversarial`).
 
 **Where the library differs from the reference.**
 
@@ -67,33 +57,18 @@ applies).
 - Segmentor optimiser and schedule: the library's (SGD or AdamW, backbone/head groups,
   per-iteration poly decay); the reference uses Adam, lr 1e-5 (biases 2×), betas (0.9, 0.999),
   a ×0.1 step every 8 epochs. ``optimizer="adamw", lr=1e-5, weight_decay=0`` comes closest.
-- Reduction: ``reduction="mean"`` (default, the library's convention): every CE is a mean over
-  its (valid) pixels, L1 a mean over pixels. The reference (``reduction="sum"``) *sums* each CE
-  over pixels, averages L1 over pixels, and divides every loss by the batch size, which weights
-  the terms very differently: at 320×640 the segmentation CE sums 204,800 pixels and each D-map
-  term 3,200 patches, so the adversarial terms weigh about 64 times less against the
-  segmentation CE than with means, and G's L1 (a mean) is almost nothing beside its summed CE
-  terms. With the library's SGD learning rates ``"sum"`` diverges; it is meant for Adam
-  (scale-invariant) runs that want the reference's balance.
-- Pixel space: G and D work on RGB in [0, 1] (the reference's: it feeds D un-normalised images
-  and ends G in a sigmoid); the real images are the batch de-normalised with the run's input space
-  and clamped to [0, 1]. :meth:`LSDSegModule.reconstruct` gives the reconstruction in the input
-  space.
-- Noise: G concatenates ``noise_channels`` channels of N(0, 1) noise to each stage's input, as
-  the reference's ``_netG`` can; its ``nz`` is 0, so the default here is 0 too. The noise is
-  drawn from the module's own generator (reproducible, resumable, different per DDP rank) and
-  the same draw is used by G's forwards of steps 1 and 2.
-- Sizes: see :mod:`lightning_uda.models.lsd_seg` (D as the reference: 128 channels, 9 residual
-  blocks, output stride about 8; G with the reference's stage widths, 1×1 entries and bilinear
-  resizing instead of FCN8s-specific transposed convolutions).
+- Pixel reduction: by default every cross-entropy is a mean over its valid pixels; the reference
+  sums each over pixels and divides every loss by the batch size (``pixel_reduction="sum"``: see
+  that argument for what differs and why the default is ``"mean"``).
+- Networks: G and D work on RGB in [0, 1], as the reference's (real images: the batch
+  de-normalised with the run's input space, clamped); G's entries and resizing differ
+  (:mod:`lightning_uda.models.lsd_seg`). G's noise (``noise_channels``, 0 as the reference's
+  ``nz``) is drawn from the module's own generator (reproducible, resumable, different per DDP
+  rank), one draw for G's forwards of updates 1 and 2.
 
-All three networks are submodules (``model``, ``generator``, ``discriminator``), so they move to
-the device and are saved in / restored from checkpoints together; the three optimisers (and the
-segmentor's poly schedule) are Lightning optimisers and are checkpointed too. ``max_steps=N``
-means N iterations: only the segmentor's optimiser steps through ``LightningOptimizer.step()``,
-G's and D's through ``trainer.strategy.optimizer_step()`` (see AdvEnt's docstring).
-
-**DDP** needs ``strategy="ddp_find_unused_parameters_true"``: each backward reaches one network.
+All three networks and their optimisers are checkpointed; ``max_steps=N`` means N iterations;
+**DDP** needs ``strategy="ddp_find_unused_parameters_true"`` (:mod:`~lightning_uda.methods.
+adversarial`).
 """
 
 from __future__ import annotations
@@ -103,13 +78,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_uda.constants import IGNORE_INDEX
-from lightning_uda.losses import upsample_logits
-from lightning_uda.methods.advent import frozen
-from lightning_uda.methods.base import UDAModule, check_range
+from lightning_uda.methods.adversarial import AdversarialMixin, check_betas, frozen
+from lightning_uda.methods.base import Losses, UDAModule, check_range
+from lightning_uda.methods.lsd_seg_losses import (
+    PIXEL_REDUCTIONS,
+    PixelReduction,
+    discriminator_objective,
+    generator_objective,
+    patch_labels,
+    segmentor_objective,
+)
 from lightning_uda.models.lsd_seg import (
     LSDDiscriminator,
     LSDGenerator,
@@ -119,90 +99,7 @@ from lightning_uda.models.lsd_seg import (
 )
 from lightning_uda.models.segmentor import forward_with_features
 
-__all__ = [
-    "DOMAIN_LABELS",
-    "REDUCTIONS",
-    "SOURCE_FAKE",
-    "SOURCE_REAL",
-    "TARGET_FAKE",
-    "TARGET_REAL",
-    "LSDSegModule",
-    "domain_cross_entropy",
-    "patch_cross_entropy",
-    "patch_labels",
-    "reconstruction_l1",
-    "segmentation_cross_entropy",
-]
-
-#: The four classes of the discriminator's domain map (the reference's domain labels).
-SOURCE_REAL = 0
-SOURCE_FAKE = 1
-TARGET_REAL = 2
-TARGET_FAKE = 3
-DOMAIN_LABELS = {
-    "source_real": SOURCE_REAL,
-    "source_fake": SOURCE_FAKE,
-    "target_real": TARGET_REAL,
-    "target_fake": TARGET_FAKE,
-}
-#: ``"mean"``: means over (valid) pixels; ``"sum"``: the reference's per-image pixel sums.
-REDUCTIONS = ("mean", "sum")
-
-
-def _reduce(per_pixel: Tensor, valid: Tensor | None, reduction: str) -> Tensor:
-    """Mean over the valid pixels (``"mean"``; 0, still attached, when none is valid) or sum
-    divided by the batch size (``"sum"``)."""
-    if reduction == "sum":
-        return per_pixel.sum() / per_pixel.shape[0]
-    count = per_pixel.numel() if valid is None else valid.sum().clamp_min(1)
-    return per_pixel.sum() / count
-
-
-def domain_cross_entropy(logits: Tensor, label: int, reduction: str = "mean") -> Tensor:
-    """CE of a ``B×4×h×w`` domain map against the constant domain ``label`` (0–3) everywhere."""
-    target = torch.full(
-        (logits.shape[0], *logits.shape[-2:]), int(label), dtype=torch.long, device=logits.device
-    )
-    return _reduce(F.cross_entropy(logits, target, reduction="none"), None, reduction)
-
-
-def patch_labels(mask: Tensor, size: Sequence[int]) -> Tensor:
-    """``B×H×W`` train ids resized to the patch map ``size`` by nearest neighbour (the pixel at
-    each patch's centre, as the reference's PIL ``NEAREST`` resize); void stays void."""
-    size = tuple(int(s) for s in size)
-    if tuple(mask.shape[-2:]) == size:
-        return mask.long()
-    resized = F.interpolate(mask[:, None].float(), size=size, mode="nearest-exact")
-    return resized[:, 0].round().long()
-
-
-def patch_cross_entropy(
-    logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX, reduction: str = "mean"
-) -> Tensor:
-    """CE of a ``B×K×h×w`` class map against ``B×h×w`` patch labels (void ignored)."""
-    per_pixel = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")
-    return _reduce(per_pixel, labels != ignore_index, reduction)
-
-
-def segmentation_cross_entropy(
-    logits: Tensor,
-    mask: Tensor,
-    ignore_index: int = IGNORE_INDEX,
-    align_corners: bool = False,
-    reduction: str = "mean",
-) -> Tensor:
-    """The segmentor's CE: logits upsampled to the labels, void ignored; ``"mean"`` equals
-    :func:`lightning_uda.losses.cross_entropy`."""
-    logits = upsample_logits(logits, tuple(mask.shape[-2:]), align_corners=align_corners)
-    per_pixel = F.cross_entropy(logits, mask, ignore_index=ignore_index, reduction="none")
-    return _reduce(per_pixel, mask != ignore_index, reduction)
-
-
-def reconstruction_l1(fake: Tensor, real: Tensor, reduction: str = "mean") -> Tensor:
-    """Mean absolute difference of two images; divided by the batch size too with ``"sum"`` (the
-    reference divides its whole generator loss, L1 mean included, by the batch size)."""
-    loss = F.l1_loss(fake, real)
-    return loss / fake.shape[0] if reduction == "sum" else loss
+__all__ = ["LSDSegModule"]
 
 
 @dataclass
@@ -216,12 +113,7 @@ class _Carry:
     labels: Tensor
 
 
-def _no_closure() -> None:
-    """Closure for a manual optimiser step: the gradients are already there."""
-    return None
-
-
-class LSDSegModule(UDAModule):
+class LSDSegModule(AdversarialMixin, UDAModule):
     """LSD-seg: adapt the segmentor's features through an image generator and an ACGAN
     discriminator (see the module docstring for the losses, the update order and the
     differences from the reference).
@@ -251,7 +143,16 @@ class LSDSegModule(UDAModule):
         noise_channels: noise channels G concatenates to each stage's input (0, the reference's
             ``nz``).
         dropout: dropout of G's and D's residual blocks (0.5, as the reference).
-        reduction: ``"mean"`` (default) or ``"sum"`` (the reference's; see the module docstring).
+        pixel_reduction: how each cross-entropy term is reduced over pixels: ``"mean"``
+            (default) over its valid pixels, or ``"sum"`` (the reference's) with every loss
+            divided by the batch size (:mod:`~lightning_uda.methods.lsd_seg_losses`). Sums weigh
+            the terms differently: at the reference's 320×640 the segmentation CE sums 204,800
+            pixels and each D-map term 3,200 patches, so the adversarial terms weigh 64 times
+            less against it than with means, and G's L1 (a mean) almost nothing beside its summed
+            CE terms. The default stays ``"mean"``: sums tie that balance, and the size of every
+            gradient, to the crop size, whereas with means the demo's small crops and any crop
+            keep one balance and the library's learning rates (set for means) work. ``"sum"`` is
+            for the reference's recipe (320×640 frames, Adam).
         **kwargs: see :class:`UDAModule` (the segmentor, its optimiser, MCC, ...).
 
     Raises:
@@ -276,7 +177,7 @@ class LSDSegModule(UDAModule):
         feature_levels: int = 3,
         noise_channels: int = 0,
         dropout: float = 0.5,
-        reduction: str = "mean",
+        pixel_reduction: PixelReduction = "mean",
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
@@ -291,22 +192,20 @@ class LSDSegModule(UDAModule):
             check_range(owner, name, value, 0)
         check_range(owner, "generator_lr", generator_lr, 0, low_open=True)
         check_range(owner, "discriminator_lr", discriminator_lr, 0, low_open=True)
-        for name, betas in (
-            ("generator_betas", generator_betas),
-            ("discriminator_betas", discriminator_betas),
-        ):
-            if len(betas) != 2:
-                raise ValueError(f"{owner}: {name} must be a pair (beta1, beta2), got {betas!r}")
-            for i, beta in enumerate(betas):
-                check_range(owner, f"{name}[{i}]", beta, 0, 1, high_open=True)
+        check_betas(owner, "generator_betas", generator_betas)
+        check_betas(owner, "discriminator_betas", discriminator_betas)
         check_range(owner, "generator_width", generator_width, 1)
         check_range(owner, "discriminator_width", discriminator_width, 1)
         check_range(owner, "feature_levels", feature_levels, 1)
         check_range(owner, "noise_channels", noise_channels, 0)
         check_range(owner, "dropout", dropout, 0, 1, high_open=True)
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"{owner}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        self.reduction = reduction
+        if pixel_reduction not in PIXEL_REDUCTIONS:
+            raise ValueError(
+                f'{owner}: pixel_reduction must be one of {PIXEL_REDUCTIONS} ("sum": the '
+                f"reference's pixel sums), got {pixel_reduction!r}"
+            )
+        #: ``"mean"`` or ``"sum"``: how every loss term is reduced over pixels.
+        self.pixel_reduction: PixelReduction = pixel_reduction
         self.feature_levels = int(feature_levels)
         try:
             probe = probe_generator_features(self.model, self.feature_levels)
@@ -346,13 +245,6 @@ class LSDSegModule(UDAModule):
                     f"crops of at least {int(2 * stride)} pixels."
                 )
 
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        self.require_unused_parameter_detection(
-            "back-propagates the segmentor, generator and discriminator losses separately, so "
-            "each backward leaves the other networks without gradients"
-        )
-
     # ------------------------------------------------------------------ networks
     def pixels(self, images: Tensor) -> Tensor:
         """Batch images (input space) -> RGB in [0, 1], what D sees of a real image and what G
@@ -379,6 +271,9 @@ class LSDSegModule(UDAModule):
         return self.normalization.normalize(rgb)
 
     # ------------------------------------------------------------------ losses (from outputs)
+    def _term_options(self) -> dict[str, Any]:
+        return {"ignore_index": self.ignore_index, "reduction": self.pixel_reduction}
+
     def segmentor_losses(
         self,
         logits: Tensor,
@@ -387,37 +282,20 @@ class LSDSegModule(UDAModule):
         fake_target: PatchOutputs,
         labels: Tensor,
     ) -> dict[str, Tensor]:
-        """Step 3 of the reference: source CE, domain confusion, class loss on source fakes.
-
-        Args:
-            logits: the segmentor's source logits ``B×K×h×w``.
-            mask: source train ids ``B×H×W``.
-            fake_source: D's maps of the source reconstructions.
-            fake_target: D's maps of the target reconstructions.
-            labels: source labels at the patch-map size (:func:`patch_labels`).
-
-        Returns:
-            ``{"source", "confusion", "fake_class"}`` (unweighted) and ``"segmentor"``, the
-            weighted total ``source + adv_weight · confusion + class_weight · fake_class``.
-        """
-        hp, reduction = self.hparams, self.reduction
-        terms = {
-            "source": segmentation_cross_entropy(
-                logits, mask, self.ignore_index, self.align_corners, reduction
-            ),
-            # source fakes labelled target-real, target fakes labelled source-real
-            "confusion": domain_cross_entropy(fake_source.domain, TARGET_REAL, reduction)
-            + domain_cross_entropy(fake_target.domain, SOURCE_REAL, reduction),
-            "fake_class": patch_cross_entropy(
-                fake_source.classes, labels, self.ignore_index, reduction
-            ),
-        }
-        terms["segmentor"] = (
-            terms["source"]
-            + hp.adv_weight * terms["confusion"]
-            + hp.class_weight * terms["fake_class"]
+        """The segmentor's terms and total: :func:`~lightning_uda.methods.lsd_seg_losses.
+        segmentor_objective` with the module's weights."""
+        hp = self.hparams
+        return segmentor_objective(
+            logits,
+            mask,
+            fake_source,
+            fake_target,
+            labels,
+            adv_weight=hp.adv_weight,
+            class_weight=hp.class_weight,
+            align_corners=self.align_corners,
+            **self._term_options(),
         )
-        return terms
 
     def generator_losses(
         self,
@@ -427,38 +305,20 @@ class LSDSegModule(UDAModule):
         images: Mapping[str, Tensor],
         real: Mapping[str, Tensor],
     ) -> dict[str, Tensor]:
-        """Step 2: class loss on source fakes, fooling D, L1 reconstruction.
-
-        Args:
-            fake_source: D's maps of the source reconstructions.
-            fake_target: D's maps of the target reconstructions.
-            labels: source labels at the patch-map size.
-            images: ``{"source", "target"}`` reconstructions (RGB [0, 1]).
-            real: ``{"source", "target"}`` real images (RGB [0, 1], :meth:`pixels`).
-
-        Returns:
-            ``{"generator_class", "generator_adversarial", "reconstruction"}`` (unweighted) and
-            ``"generator"``, the weighted total.
-        """
-        hp, reduction = self.hparams, self.reduction
-        terms = {
-            "generator_class": patch_cross_entropy(
-                fake_source.classes, labels, self.ignore_index, reduction
-            ),
-            # each fake labelled as a real image of its own domain
-            "generator_adversarial": domain_cross_entropy(
-                fake_source.domain, SOURCE_REAL, reduction
-            )
-            + domain_cross_entropy(fake_target.domain, TARGET_REAL, reduction),
-            "reconstruction": reconstruction_l1(images["source"], real["source"], reduction)
-            + reconstruction_l1(images["target"], real["target"], reduction),
-        }
-        terms["generator"] = (
-            hp.generator_class_weight * terms["generator_class"]
-            + hp.generator_adv_weight * terms["generator_adversarial"]
-            + hp.l1_weight * terms["reconstruction"]
+        """G's terms and total: :func:`~lightning_uda.methods.lsd_seg_losses.
+        generator_objective` with the module's weights."""
+        hp = self.hparams
+        return generator_objective(
+            fake_source,
+            fake_target,
+            labels,
+            images,
+            real,
+            class_weight=hp.generator_class_weight,
+            adv_weight=hp.generator_adv_weight,
+            l1_weight=hp.l1_weight,
+            **self._term_options(),
         )
-        return terms
 
     def discriminator_losses(
         self,
@@ -468,32 +328,16 @@ class LSDSegModule(UDAModule):
         fake_target: PatchOutputs,
         labels: Tensor,
     ) -> dict[str, Tensor]:
-        """Step 1: the four domain terms (labels 0–3) and the class loss on source-real patches.
-
-        Returns:
-            ``{"discriminator_domain", "discriminator_class"}`` and their sum
-            ``"discriminator"``.
-        """
-        reduction = self.reduction
-        terms = {
-            "discriminator_domain": domain_cross_entropy(real_source.domain, SOURCE_REAL, reduction)
-            + domain_cross_entropy(fake_source.domain, SOURCE_FAKE, reduction)
-            + domain_cross_entropy(real_target.domain, TARGET_REAL, reduction)
-            + domain_cross_entropy(fake_target.domain, TARGET_FAKE, reduction),
-            "discriminator_class": patch_cross_entropy(
-                real_source.classes, labels, self.ignore_index, reduction
-            ),
-        }
-        terms["discriminator"] = terms["discriminator_domain"] + terms["discriminator_class"]
-        return terms
+        """D's terms and total: :func:`~lightning_uda.methods.lsd_seg_losses.
+        discriminator_objective`."""
+        return discriminator_objective(
+            real_source, fake_source, real_target, fake_target, labels, **self._term_options()
+        )
 
     # ------------------------------------------------------------------ the three forwards
     def segmentor_phase(self, batch: Mapping[str, Any]) -> tuple[dict[str, Tensor], _Carry]:
-        """Segmentor forward on both domains, G and D frozen; its losses and what steps 2–3 reuse.
-
-        Returns:
-            ``(segmentor_losses (+ "mcc" when mcc_weight > 0), carry)``.
-        """
+        """Segmentor forward on both domains, G and D frozen: ``(segmentor_losses`` (+ ``"mcc"``
+        when ``mcc_weight > 0``), what updates 2–3 reuse``)``."""
         features: dict[str, list[Tensor]] = {}
         noise: dict[str, list[Tensor] | None] = {}
         real: dict[str, Tensor] = {}
@@ -554,102 +398,56 @@ class LSDSegModule(UDAModule):
         )
 
     # ------------------------------------------------------------------ algorithm
-    def _backward(
-        self, total: str, terms: Mapping[str, Tensor], hint: str, batch_size: int
-    ) -> None:
-        """Check, log and back-propagate one network's loss ``terms[total]``."""
-        loss = terms[total]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"{type(self).__name__}: the '{total}' loss is {loss.item()} at step "
-                f"{self.uda_step}; lower {hint} or check the inputs."
-            )
-        self.manual_backward(loss / self.hparams.accumulate_grad_batches)
+    def training_losses(self, batch: Mapping[str, Any]) -> Losses:
+        """Update 1, the segmentor's loss (back-propagated and stepped by the base); keeps what
+        G's and D's updates reuse."""
+        terms, self._carry = self.segmentor_phase(batch)
+        batch_size = batch["source"]["image"].shape[0]
+        self._log_terms({k: v for k, v in terms.items() if k != "segmentor"}, batch_size)
+        yield "segmentor", terms["segmentor"]
+
+    def adversary_updates(self, batch: Mapping[str, Any], step: bool) -> None:
+        """Updates 2 and 3: G, then D, each a forward, backward and (if ``step``) step."""
+        carry, self._carry = self._carry, None
+        batch_size = batch["source"]["image"].shape[0]
+        terms, fakes = self.generator_phase(carry)
+        self.adversary_backward("generator", terms["generator"], hint="generator_lr")
+        self._log_terms(terms, batch_size)
+        if step:
+            self.generator_optimizer_step()
+        del terms
+        terms = self.discriminator_phase(carry, fakes)
+        self.adversary_backward("discriminator", terms["discriminator"], hint="discriminator_lr")
+        self._log_terms(terms, batch_size)
+        if step:
+            self.discriminator_optimizer_step()
+            self.check_finite_state("generator")  # the segmentor was checked after its step
+            self.check_finite_state("discriminator")
+
+    def _log_terms(self, terms: Mapping[str, Tensor], batch_size: int) -> None:
         for name, value in terms.items():
             self.log(f"train/loss_{name}", value.detach(), batch_size=batch_size)
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        """One iteration: segmentor, then G, then D, each a forward, backward and step (the
-        steps every ``accumulate_grad_batches`` batches)."""
-        self._restore_rank_buffers()
-        if not getattr(self, "_batch_checked", True):
-            self.check_batch(batch)
-            self._batch_checked = True
-        stepping = self._accumulated + 1 >= self.hparams.accumulate_grad_batches
-        batch_size = batch["source"]["image"].shape[0]
-
-        terms, carry = self.segmentor_phase(batch)
-        self._backward("segmentor", terms, "lr", batch_size)
-        if stepping:
-            self.segmentor_optimizer_step()
-        total = terms["segmentor"].detach()
-        del terms
-
-        terms, fakes = self.generator_phase(carry)
-        self._backward("generator", terms, "generator_lr", batch_size)
-        if stepping:
-            self.generator_optimizer_step()
-        del terms
-
-        terms = self.discriminator_phase(carry, fakes)
-        self._backward("discriminator", terms, "discriminator_lr", batch_size)
-        if stepping:
-            self.discriminator_optimizer_step()
-
-        self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
-        if stepping:
-            self._accumulated = 0
-            self.uda_step += 1
-            self.after_optimizer_step()
-            self.check_finite_state()
-        else:
-            self._accumulated += 1
-        return total
-
-    def segmentor_optimizer_step(self) -> None:
-        """Step (through ``LightningOptimizer``: one ``global_step``) and zero the segmentor's
-        optimiser, step its poly schedule."""
-        optimizer = self.optimizers()[0]
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        schedulers = self.lr_schedulers()
-        scheduler = schedulers[0] if isinstance(schedulers, list) else schedulers
-        if scheduler is not None:
-            scheduler.step()
-        self.log("train/lr", optimizer.param_groups[0]["lr"], batch_size=1)
-
-    def _adversary_step(self, index: int, name: str) -> None:
-        optimizer = self.optimizers(use_pl_optimizer=False)[index]
-        self.trainer.strategy.optimizer_step(optimizer, _no_closure, model=self)
-        optimizer.zero_grad(set_to_none=True)
-        self.log(f"train/lr_{name}", optimizer.param_groups[0]["lr"], batch_size=1)
-
     def generator_optimizer_step(self) -> None:
         """Step and zero G's optimiser (through the strategy: not counted in ``global_step``)."""
-        self._adversary_step(1, "generator")
+        self.adversary_optimizer_step(1, "generator")
 
     def discriminator_optimizer_step(self) -> None:
         """Step and zero D's optimiser (through the strategy: not counted in ``global_step``)."""
-        self._adversary_step(2, "discriminator")
-
-    def optimizer_steps(self) -> None:
-        """Step all three optimisers (segmentor, G, D); :meth:`training_step` steps each right
-        after its own backward instead."""
-        self.segmentor_optimizer_step()
-        self.generator_optimizer_step()
-        self.discriminator_optimizer_step()
+        self.adversary_optimizer_step(2, "discriminator")
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
         """The segmentor's optimiser and poly schedule, then G's and D's Adam (constant lr)."""
         segmentor = super().configure_optimizers()
         hp = self.hparams
-        generator = torch.optim.Adam(
-            self.generator.parameters(), lr=hp.generator_lr, betas=tuple(hp.generator_betas)
+        generator = self.adversary_optimizer(
+            self.generator.parameters(), lr=hp.generator_lr, betas=hp.generator_betas, poly=False
         )
-        discriminator = torch.optim.Adam(
+        discriminator = self.adversary_optimizer(
             self.discriminator.parameters(),
             lr=hp.discriminator_lr,
-            betas=tuple(hp.discriminator_betas),
+            betas=hp.discriminator_betas,
+            poly=False,
         )
-        return segmentor, {"optimizer": generator}, {"optimizer": discriminator}
+        return segmentor, generator, discriminator

@@ -1,104 +1,117 @@
-"""`SelfTrainingModule`: the mean-teacher base shared by ClassMix and DACS.
+"""`SelfTrainingModule`: the mean-teacher, mixed-batch self-training step of DACS and ClassMix.
 
-Like solo-learn's ``BaseMomentumMethod``: it adds the EMA teacher (``self.teacher``, a frozen copy
-of the student that lives on the module, so it is checkpointed, moved to the device and excluded
-from DDP's gradient buckets) and the two callbacks that drive it, :class:`EMATeacher` and
-:class:`PseudoLabelThreshold`.
+One step, one line per yielded loss (the hooks a subclass overrides in brackets):
+
+1. source CE on the labelled source batch [``source_loss``];
+2. the teacher's pseudo-labels ŷ and pixel weights w on the un-augmented target batch
+   [``pseudo_label``, ``teacher_logits``];
+3. a mix: the method says what is pasted onto what [``mix_inputs``] and which pixels
+   [``mix_mask``]: x = M·x_fg + (1−M)·x_bg, the same for labels and weights;
+4. strong augmentation of the mixed images [``strong_augment``], then the mixed loss: the mean
+   over all pixels of w × CE(student(x), y) [``mixed_loss``];
+5. optionally MIC's masked image consistency on the target (``masked_consistency_weight``,
+   :mod:`lightning_uda.methods.mic`).
+
+The EMA teacher follows the student after each optimiser step
+(:mod:`~lightning_uda.methods.teacher`).
+:class:`~lightning_uda.methods.DACSModule` pastes source classes onto target images,
+:class:`~lightning_uda.methods.ClassMixModule` target classes onto other target images. The last
+step's mixed batch is :attr:`SelfTrainingModule.last_mix` (for callbacks and W&B panels).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
-import torch
-from lightning.pytorch import Callback
 from torch import Tensor, nn
 
-from lightning_uda.callbacks import EMATeacher, PseudoLabelThreshold
 from lightning_uda.callbacks.ema import BufferMode
 from lightning_uda.callbacks.pseudo_label import Weighting
-from lightning_uda.losses import CITYSCAPES_THING_CLASSES, cross_entropy, feature_distance
-from lightning_uda.methods.base import UDAModule, check_range
-from lightning_uda.models import forward_with_features
+from lightning_uda.checks import check_range
+from lightning_uda.losses import CITYSCAPES_THING_CLASSES, pixel_weighted_cross_entropy
+from lightning_uda.methods.base import Losses, UDAModule
+from lightning_uda.methods.teacher import MeanTeacher, TeacherBatchNorm, batch_statistics
+from lightning_uda.mixing import MIX_MODES, StrongAugment, class_mix_mask, mix
 
-TeacherBatchNorm = Literal["train", "eval"]
+__all__ = ["MixInputs", "SelfTrainingModule", "batch_statistics"]
 
 
-@contextmanager
-def batch_statistics(module: nn.Module) -> Iterator[None]:
-    """Inside the block, every BatchNorm layer of ``module`` normalises with the statistics of
-    the batch it sees (train-mode BatchNorm) *without* updating its running statistics.
+class MixInputs(NamedTuple):
+    """The two sides of a mix: ``foreground`` pixels are pasted where the mask is 1.
 
-    Other layers keep their mode (dropout stays off in an eval-mode module). On exit every
-    BatchNorm layer gets back its ``training`` and ``track_running_stats`` flags. Works for
-    ``SyncBatchNorm`` too (which then averages the statistics over the DDP ranks).
+    Images are B×3×H×W (normalised), labels B×H×W long, weights B×H×W float.
     """
-    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m, m.training, m.track_running_stats) for m in layers]
-    for m in layers:
-        m.training = True
-        # With track_running_stats False, PyTorch normalises with batch statistics and passes no
-        # running buffers to the kernel, so they are neither used nor updated.
-        m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m, training, track in saved:
-            m.training = training
-            m.track_running_stats = track
+
+    foreground_image: Tensor
+    foreground_label: Tensor
+    foreground_weight: Tensor
+    background_image: Tensor
+    background_label: Tensor
+    background_weight: Tensor
 
 
-class SelfTrainingModule(UDAModule):
-    """A :class:`UDAModule` with an EMA teacher that produces pseudo-labels.
+class SelfTrainingModule(MeanTeacher, UDAModule):
+    """A :class:`UDAModule` trained on its teacher's pseudo-labels of mixed images.
 
-    The module returns a default :class:`EMATeacher` and :class:`PseudoLabelThreshold` from
-    :meth:`configure_callbacks` (built from the arguments below) unless the Trainer already has
-    one; a Trainer with two of either fails at the start of ``fit`` with an explanation.
-
-    **Teacher BatchNorm.** ``teacher_bn="train"`` is what DACS', ClassMix's and DAFormer's code
-    do: the teacher's BatchNorm layers normalise with the statistics of the target batch being
-    pseudo-labelled (their EMA covers parameters only). ``teacher_bn="eval"`` uses the running
-    statistics the teacher holds (``ema_buffers`` decides how they follow the student). The
-    library's train mode differs from the references in two details: the teacher's running
-    statistics are not updated by its forwards, and layers other than BatchNorm (dropout) stay in
-    eval mode; DeepLabV2 and the demo's TinyUNet have no dropout, so for them the pseudo-labels
-    are the references'. On the demo both modes were measured over 3 seeds for DACS and ClassMix
-    (README, "Teacher BatchNorm"): train mode won for DACS on every seed, and made ClassMix
-    (whose mixed images hold no source pixels) collapse; so the class defaults are "train" for
-    DACS and "eval" for ClassMix. The example recipes run both as their references (train).
+    A subclass defines :meth:`mix_inputs` (what is pasted onto what); every other hook has the
+    DACS/ClassMix default. The module adds an :class:`~lightning_uda.callbacks.EMATeacher` and a
+    :class:`~lightning_uda.callbacks.PseudoLabelThreshold` built from its arguments.
 
     Args:
         ema_alpha: teacher EMA decay (0.99 in DACS).
         ema_warmup: use DACS' warm-up ``min(1 - 1/(t+1), alpha)``.
         ema_buffers: "copy", "average" or "none" for the teacher's BatchNorm buffers.
-        feature_distance_weight: λ of DAFormer's ImageNet feature distance (0 = off; DAFormer
-            0.005): the mean L2 distance between the student's deepest encoder features of the
-            source images and those of a frozen copy of the *initial* encoder (built here, so
-            start the model from the ImageNet weights), over feature cells whose downscaled
-            source label is one of ``feature_distance_classes``; 0 when none is present. The
-            frozen copy is checkpointed and never optimised.
-        feature_distance_classes: train ids counted (default: Cityscapes' thing classes);
-            ``None`` counts every position.
-        feature_distance_min_ratio: a cell takes its majority class when it covers at least
-            this share of the cell (0.75).
-        pseudo_label_crop: ``(top, bottom)`` image rows whose pseudo-label weights are set to 0
-            after q is computed (DAFormer: ``(15, 120)`` on 512-row crops of 1024×512 frames:
-            the ego-vehicle bonnet and rectification borders); ``(0, 0)`` = none.
-        teacher_bn: "train" (batch statistics while pseudo-labelling, as the references) or
-            "eval" (running statistics); ``None`` takes the class default
-            (:attr:`default_teacher_bn`: ``"train"`` for DACS, ``"eval"`` for ClassMix).
         pseudo_label_threshold: confidence threshold τ (0.968 in DACS).
         pseudo_label_weighting: "uniform" (DACS: one q per batch) or "pixel".
+        teacher_bn: "train" (batch statistics while pseudo-labelling, as the references) or
+            "eval" (running statistics); ``None`` takes the class default
+            (:attr:`default_teacher_bn`).
+        pseudo_label_crop: ``(top, bottom)`` image rows whose pseudo-label weights are set to 0
+            after q is computed (DAFormer: ``(15, 120)`` on 512-row crops); ``(0, 0)`` = none.
+        feature_distance_weight, feature_distance_classes, feature_distance_min_ratio:
+            DAFormer's ImageNet feature distance (0 = off; see
+            :mod:`lightning_uda.methods.daformer`).
+        mix_mode: how classes are chosen (:func:`~lightning_uda.mixing.class_mix_mask`):
+            "per_image" (ClassMix, DACS: each image draws among its own classes), "batch_union"
+            (DAFormer: each image draws among the classes of the whole batch; DAFormer's code also
+            keeps the void label, ``mix_include_ignore=True``) or "per_batch" (one draw shared
+            by the whole batch).
+        mix_rounding: "floor" (ClassMix: half of the pseudo-label classes, rounded down) or
+            "ceil" (DACS: half of the source classes, rounded up).
+        mix_include_ignore: keep the void label (255) among the class candidates, as DACS' code
+            does (``torch.unique`` keeps it): void source pixels are then pasted, with weight 1,
+            and count 0 in the mixed loss. Default ``False`` (ClassMix paper; void never pasted).
+        mixed_weight: weight of the mixed loss (1).
+        mix_warmup_steps: train on the source only for this many steps before the mixed loss
+            starts (0 = from the first step, as DACS), so the first pseudo-labels come from a
+            teacher that has learnt the source task; the teacher follows the student throughout.
+        strong_augmentation: apply DACS' colour jitter + blur to the mixed images.
+        jitter_semantics: "torchvision" (default; multiplicative brightness, contrast blended
+            with the mean) or "kornia05", the colour jitter DACS ran (kornia 0.5: additive
+            brightness, contrast without the mean, the four operations in random order); see
+            :class:`~lightning_uda.mixing.StrongAugment`.
+        augment_decision: "per_image" (default) or "per_batch": one jitter and one blur
+            apply/skip draw per step shared by the batch, as DACS' code.
+        jitter_strength: colour-jitter strength s (brightness, contrast, saturation and hue
+            each ``s``; DACS 0.25, DAFormer 0.2).
+        jitter_p: probability of the colour jitter (0.8 in DACS and DAFormer, whose code jitters
+            when a uniform draw exceeds ``color_jitter_probability`` 0.2).
+        masked_consistency_weight: weight of MIC's masked image consistency loss (0 = off; 1 in
+            MIC): the target images, colour-augmented on their own, are blanked on random
+            ``mask_block_size`` blocks (:func:`~lightning_uda.mixing.block_mask`, a
+            ``mask_ratio`` fraction) and the student must predict the teacher's pseudo-labels of
+            the full images on them (same labels, same weights q).
+        mask_block_size: MIC's block side in pixels (64 at 512×512 crops).
+        mask_ratio: masked fraction of the blocks (0.7).
         **kwargs: the arguments of :class:`UDAModule`.
     """
 
-    #: Teacher BatchNorm mode when ``teacher_bn`` is not given. Eval mode here (and so for
-    #: ClassMix): on the demo a train-mode teacher made ClassMix collapse (README, "Teacher
-    #: BatchNorm"); DACSModule overrides it with "train".
+    #: Teacher BatchNorm mode when ``teacher_bn`` is not given (DACS overrides it with "train").
     default_teacher_bn: TeacherBatchNorm = "eval"
+    #: Half of the classes rounded down (ClassMix) or up (DACS) when ``mix_rounding`` is None.
+    default_mix_rounding = "floor"
 
     def __init__(
         self,
@@ -114,6 +127,19 @@ class SelfTrainingModule(UDAModule):
         feature_distance_weight: float = 0.0,
         feature_distance_classes: Sequence[int] | None = CITYSCAPES_THING_CLASSES,
         feature_distance_min_ratio: float = 0.75,
+        mix_mode: str = "per_image",
+        mix_rounding: str | None = None,
+        mix_include_ignore: bool = False,
+        mixed_weight: float = 1.0,
+        mix_warmup_steps: int = 0,
+        strong_augmentation: bool = True,
+        masked_consistency_weight: float = 0.0,
+        mask_block_size: int = 64,
+        mask_ratio: float = 0.7,
+        jitter_semantics: str = "torchvision",
+        augment_decision: str = "per_image",
+        jitter_strength: float = 0.25,
+        jitter_p: float = 0.8,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
@@ -135,141 +161,122 @@ class SelfTrainingModule(UDAModule):
             )
         check_range(owner, "feature_distance_weight", feature_distance_weight, 0)
         check_range(owner, "feature_distance_min_ratio", feature_distance_min_ratio, 0, 1)
+        check_range(owner, "mixed_weight", mixed_weight, 0)
+        check_range(owner, "mix_warmup_steps", mix_warmup_steps, 0)
+        check_range(owner, "masked_consistency_weight", masked_consistency_weight, 0)
+        check_range(owner, "mask_block_size", mask_block_size, 1)
+        check_range(owner, "mask_ratio", mask_ratio, 0, 1)
+        if mix_mode not in MIX_MODES:
+            raise ValueError(f"mix_mode must be one of {MIX_MODES}, got {mix_mode!r}")
+        self.mix_rounding = mix_rounding or self.default_mix_rounding
+        if self.mix_rounding not in ("floor", "ceil"):
+            raise ValueError(f"mix_rounding must be 'floor' or 'ceil', got {mix_rounding!r}")
         #: Frozen copy of the initial encoder for the feature distance (None when off).
         self.imnet_encoder = (
             copy.deepcopy(self.model.encoder).requires_grad_(False).eval()
             if feature_distance_weight > 0
             else None
         )
-        teacher_bn = teacher_bn or self.default_teacher_bn
-        if teacher_bn not in ("train", "eval"):
-            raise ValueError(f"teacher_bn must be 'train' or 'eval', got {teacher_bn!r}")
-        self.teacher_bn = teacher_bn
-        self.teacher = copy.deepcopy(self.model).requires_grad_(False)
-        self.teacher.eval()
+        self.init_teacher(teacher_bn or self.default_teacher_bn)
+        self.augment = (
+            StrongAugment(
+                jitter=jitter_strength,
+                jitter_p=jitter_p,
+                normalization=self.normalization,
+                jitter_semantics=jitter_semantics,
+                decision=augment_decision,
+            )
+            if strong_augmentation
+            else None
+        )
+        #: The last step's mixed batch, ``{"image": B×3×H×W (augmented, detached), "label":
+        #: B×H×W, "weight": B×H×W}``, or ``None`` before the first mix (callbacks, panels).
+        self.last_mix: dict[str, Tensor] | None = None
 
     def train(self, mode: bool = True) -> SelfTrainingModule:
-        """Switch the student's mode; the teacher module stays in eval mode (its BatchNorm layers
-        switch to batch statistics only inside :meth:`teacher_logits` with ``teacher_bn="train"``).
-        """
+        """Switch the student's mode; the teacher (and the frozen encoder) stay in eval mode."""
         super().train(mode)
         self.teacher.eval()
         if getattr(self, "imnet_encoder", None) is not None:
             self.imnet_encoder.eval()
         return self
 
-    def source_loss(self, source: Mapping[str, Tensor]) -> Tensor:
-        """Source CE, plus the ImageNet feature distance when ``feature_distance_weight > 0``
-        (from the same forward: the logits and features come from one encoder pass)."""
-        if self.imnet_encoder is None:
-            return super().source_loss(source)
-        images, labels = source["image"], source["mask"]
-        logits, features = forward_with_features(self.model, images)
-        loss = cross_entropy(
-            logits, labels, ignore_index=self.ignore_index, align_corners=self.align_corners
-        )
-        with torch.no_grad():
-            reference = list(self.imnet_encoder(images))[-1]
-        distance = feature_distance(
-            features[-1],
-            reference,
-            labels,
-            classes=self.hparams.feature_distance_classes,
-            num_classes=self.num_classes,
-            min_ratio=self.hparams.feature_distance_min_ratio,
-            ignore_index=self.ignore_index,
-        )
-        self.log("train/feature_distance", distance.detach(), batch_size=images.shape[0])
-        return loss + self.hparams.feature_distance_weight * distance
-
-    # ------------------------------------------------------------------ callbacks
-    def configure_callbacks(self) -> list[Callback]:
-        defaults: list[Callback] = super().configure_callbacks()
-        existing = self.trainer.callbacks if self._trainer is not None else []
-        if not any(isinstance(c, EMATeacher) for c in existing):
-            defaults.append(
-                EMATeacher(
-                    alpha=self.hparams.ema_alpha,
-                    warmup=self.hparams.ema_warmup,
-                    buffers=self.hparams.ema_buffers,
-                )
-            )
-        if not any(isinstance(c, PseudoLabelThreshold) for c in existing):
-            defaults.append(
-                PseudoLabelThreshold(
-                    threshold=self.hparams.pseudo_label_threshold,
-                    weighting=self.hparams.pseudo_label_weighting,
-                )
-            )
-        return defaults
-
-    def _single_callback(self, kind: type[Callback]) -> Any:
-        found = [c for c in self.trainer.callbacks if isinstance(c, kind)]
-        if len(found) != 1:
-            problem = "none" if not found else f"{len(found)}"
-            raise ValueError(
-                f"{type(self).__name__} needs exactly one {kind.__name__} callback, the Trainer "
-                f"has {problem}. Pass at most one {kind.__name__}(...) in Trainer(callbacks=...) "
-                "(the module adds a default one built from its own arguments when there is none)."
-            )
-        return found[0]
+    def configure_callbacks(self) -> list[Any]:
+        return [*super().configure_callbacks(), *self.teacher_callbacks()]
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        self._single_callback(EMATeacher)
-        self._pseudo_labeler = self._single_callback(PseudoLabelThreshold)
+        self.check_teacher_callbacks()
+
+    # ------------------------------------------------------------------ the step
+    def source_loss(self, source: Mapping[str, Tensor]) -> Tensor:
+        """Source CE, plus DAFormer's ImageNet feature distance when it is on (one forward)."""
+        if self.imnet_encoder is None:
+            return super().source_loss(source)
+        from lightning_uda.methods.daformer import source_loss_with_feature_distance
+
+        return source_loss_with_feature_distance(self, source)
+
+    def adaptation_losses(self, batch: Mapping[str, Any]) -> Losses:
+        yield from super().adaptation_losses(batch)
+        if self.uda_step < self.hparams.mix_warmup_steps:
+            return
+        target = batch["target"]
+        pseudo_labels, pseudo_weights = self.pseudo_label(
+            target["image"], monitor_mask=target.get("mask")
+        )
+        parts = self.mix_inputs(batch, pseudo_labels, pseudo_weights)
+        mask = self.mix_mask(parts.foreground_label)
+        images = mix(mask, parts.foreground_image, parts.background_image)
+        labels = mix(mask, parts.foreground_label, parts.background_label)
+        weights = mix(mask, parts.foreground_weight, parts.background_weight)
+        images, labels, weights = self.strong_augment(images, labels, weights)
+        self.log("train/mix_fraction", mask.float().mean(), batch_size=mask.shape[0])
+        self.last_mix = {"image": images.detach(), "label": labels, "weight": weights}
+        yield "mixed", self.hparams.mixed_weight * self.mixed_loss(images, labels, weights)
+        if self.hparams.masked_consistency_weight > 0:
+            masked = self.masked_consistency_loss(target["image"], pseudo_labels, pseudo_weights)
+            yield "masked", self.hparams.masked_consistency_weight * masked
 
     # ------------------------------------------------------------------ hooks
-    @torch.no_grad()
-    def teacher_logits(self, images: Tensor) -> Tensor:
-        """Teacher logits ``B×K×H×W`` at the image resolution (no gradients).
+    def mix_inputs(
+        self, batch: Mapping[str, Any], pseudo_labels: Tensor, pseudo_weights: Tensor
+    ) -> MixInputs:
+        """What is pasted onto what (defined by each method)."""
+        raise NotImplementedError(f"{type(self).__name__} must define mix_inputs")
 
-        With ``teacher_bn="train"`` BatchNorm normalises with ``images``' own statistics.
-        """
-        if self.teacher_bn == "train":
-            with batch_statistics(self.teacher):
-                logits = self.teacher(images)
-            return self.upsample(logits, tuple(images.shape[-2:]))
-        return self.upsample(self.teacher(images), tuple(images.shape[-2:]))
-
-    def pseudo_label(
-        self, images: Tensor, monitor_mask: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Pseudo-labels ``B×H×W`` (long) and their weights ``B×H×W`` for target ``images``.
-
-        The default runs the teacher on the un-augmented images and thresholds its softmax with the
-        :class:`PseudoLabelThreshold` callback. ``monitor_mask`` (true target labels) is used for
-        logging pseudo-label accuracy only.
-        """
-        labeler = getattr(self, "_pseudo_labeler", None)
-        if labeler is None:  # called outside fit (e.g. a notebook): default settings
-            labeler = PseudoLabelThreshold(
-                threshold=self.hparams.pseudo_label_threshold,
-                weighting=self.hparams.pseudo_label_weighting,
-            )
-        labels, weights = labeler(
-            self.teacher_logits(images),
-            pl_module=self if self._trainer is not None else None,
-            monitor_mask=monitor_mask,
-            class_names=self.class_names,
+    def mix_mask(self, labels: Tensor) -> Tensor:
+        """B×H×W bool mask: pixels of half of the classes of ``labels`` (the foreground's)."""
+        return class_mix_mask(
+            labels,
+            ignore_index=self.ignore_index,
+            mode=self.hparams.mix_mode,
+            rounding=self.mix_rounding,
+            generator=self.rng,
+            include_ignore=self.hparams.mix_include_ignore,
         )
-        return labels, self.crop_pseudo_weights(weights)
 
-    def crop_pseudo_weights(self, weights: Tensor) -> Tensor:
-        """Zero the weights of the top and bottom ``pseudo_label_crop`` rows (``B×H×W``)."""
-        top, bottom = (int(v) for v in self.hparams.pseudo_label_crop)
-        if top == 0 and bottom == 0:
-            return weights
-        if top + bottom >= weights.shape[1]:
-            raise ValueError(
-                f"{type(self).__name__}: pseudo_label_crop={(top, bottom)} zeroes all "
-                f"{weights.shape[1]} rows of the target images, so no pseudo-label would be "
-                "trained on. DAFormer's (15, 120) is for 512-row Cityscapes crops: scale it to "
-                "your crops, or pass pseudo_label_crop=(0, 0)."
-            )
-        weights = weights.clone()
-        if top:
-            weights[:, :top] = 0.0
-        if bottom:
-            weights[:, weights.shape[1] - bottom :] = 0.0
-        return weights
+    def strong_augment(
+        self, images: Tensor, labels: Tensor, weights: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """DACS' colour jitter and Gaussian blur on the mixed batch (labels/weights unchanged)."""
+        if self.augment is None:
+            return images, labels, weights
+        return self.augment(images, labels, weights, generator=self.rng)
+
+    def mixed_loss(self, images: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
+        """Mean over all pixels of weight × CE of the student on the mixed images (DACS)."""
+        logits = self.model(images)
+        return pixel_weighted_cross_entropy(
+            logits,
+            labels,
+            weights,
+            ignore_index=self.ignore_index,
+            align_corners=self.align_corners,
+        )
+
+    def masked_consistency_loss(self, images: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
+        """MIC's loss on the target (:func:`lightning_uda.methods.mic.masked_consistency_loss`)."""
+        from lightning_uda.methods.mic import masked_consistency_loss
+
+        return masked_consistency_loss(self, images, labels, weights)

@@ -1,23 +1,29 @@
-"""Segmentors (TinyUNet, DeepLab-v2, DAFormer, smp), parameter groups, the AdvEnt
-discriminator, gradient reversal."""
+"""Segmentors (TinyUNet, DeepLab-v2, DAFormer, smp), parameter groups, checkpoint loading, the
+AdvEnt discriminator, gradient reversal."""
 
 from __future__ import annotations
 
+from lightning_uda.models.checkpoints import (
+    CHECKPOINT_LAYOUTS,
+    CHECKPOINT_PREFIXES,
+    CheckpointReport,
+    load_checkpoint,
+)
 from lightning_uda.models.daformer import DAFormer, DAFormerHead
 from lightning_uda.models.deeplabv2 import DeepLabV2
 from lightning_uda.models.discriminator import Discriminator
 from lightning_uda.models.grl import GradientReversal, dann_coefficient, gradient_reversal
 from lightning_uda.models.lsd_seg import LSDDiscriminator, LSDGenerator, PatchOutputs
 from lightning_uda.models.segmentor import (
-    CheckpointReport,
-    TinyUNet,
     build_segmentor,
     forward_with_features,
-    load_checkpoint,
     parameter_groups,
 )
+from lightning_uda.models.tiny_unet import TinyUNet
 
 __all__ = [
+    "CHECKPOINT_LAYOUTS",
+    "CHECKPOINT_PREFIXES",
     "CheckpointReport",
     "DAFormer",
     "DAFormerHead",

@@ -1,4 +1,5 @@
-"""AdvEnt's fully-convolutional domain discriminator (Vu et al., CVPR 2019)."""
+"""Domain discriminators: AdvEnt's fully-convolutional one (Vu et al., CVPR 2019) and DANN's
+per-position domain classifier (Ganin & Lempitsky, ICML 2015)."""
 
 from __future__ import annotations
 
@@ -46,4 +47,39 @@ class Discriminator(nn.Module):
         return self.layers(x)
 
 
-__all__ = ["Discriminator"]
+class PixelDomainClassifier(nn.Sequential):
+    """Per-position domain classifier: 1×1 convs ``in → hidden → hidden → 1`` with ReLU.
+
+    The fully convolutional equivalent of the MLP domain discriminator of DANN: tllib's
+    ``DomainDiscriminator`` is ``Linear(in, 1024) → BN → ReLU → Linear(1024, 1024) → BN → ReLU →
+    Linear(1024, 1) → Sigmoid`` on one pooled feature vector per image; a 1×1 convolution is
+    that ``Linear`` applied at every position of a feature map. Differences:
+
+    - no BatchNorm: the source and target features go through ``D`` in separate calls (their
+      crops may differ in size), and BatchNorm over a single-domain batch would normalise away
+      the very statistics that tell the domains apart (tllib's BN sees the concatenated batch);
+    - a logit instead of a sigmoid probability (the loss is BCE-with-logits, stable under AMP);
+    - ``hidden`` defaults to 256 rather than 1024 (one hidden vector per position of a stride-8
+      map is far more activations than one per image).
+
+    Args:
+        in_channels: channels of the feature map.
+        hidden: width of the two hidden layers.
+
+    Shape:
+        - input ``B×in_channels×h×w``; output ``B×1×h×w`` domain logits (> 0: target).
+    """
+
+    def __init__(self, in_channels: int, hidden: int = 256) -> None:
+        if in_channels < 1 or hidden < 1:
+            raise ValueError(f"in_channels and hidden must be >= 1, got {in_channels}, {hidden}")
+        super().__init__(
+            nn.Conv2d(in_channels, hidden, kernel_size=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, kernel_size=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, 1, kernel_size=1),
+        )
+
+
+__all__ = ["Discriminator", "PixelDomainClassifier"]

@@ -15,7 +15,7 @@ from albumentations.pytorch import ToTensorV2
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import Dataset
 
-from lightning_uda.data.datamodule import DomainSampler, UDADataModule
+from lightning_uda.data.datamodule import UDADataModule
 from lightning_uda.data.labels import CITYSCAPES_CLASSES
 from lightning_uda.normalization import CAFFE, IMAGENET
 
@@ -167,26 +167,6 @@ def test_transform_randomness_is_per_sample_and_independent_of_workers():
     serial = crops(0)
     assert len({float(v) for v in serial[:, 0, 0, 0] % 1}) > 1  # crops do differ
     assert torch.equal(serial, crops(2))
-
-
-def test_sampler_resumes_at_any_batch():
-    full = DomainSampler(5, batch_size=2, steps_per_epoch=4, seed=3, domain="target")
-    stream = list(full) + list(full)  # two epochs, continuous
-    for done in range(8):
-        epoch_done = done % 4
-        resumed = DomainSampler(5, batch_size=2, steps_per_epoch=4, seed=3, domain="target",
-                                progress=lambda d=done, e=epoch_done: (d, e))  # fmt: skip
-        expected_batches = 4 - epoch_done if epoch_done else 4
-        assert list(resumed) == stream[2 * done : 2 * (done + expected_batches)]
-
-
-def test_sampler_shards_are_disjoint_per_rank():
-    shards = [
-        [i for i, _ in DomainSampler(12, 2, 3, seed=0, domain="target", rank=r, world_size=2)]
-        for r in range(2)
-    ]
-    assert not set(shards[0]) & set(shards[1])
-    assert sorted(shards[0] + shards[1]) == list(range(12))
 
 
 # ---------------------------------------------------------------------------------- Lightning

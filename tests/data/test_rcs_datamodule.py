@@ -14,8 +14,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import Dataset
 
 from lightning_uda.data import CatMaxRatioCrop, RareClassSampling, train_transform
-from lightning_uda.data.datamodule import RareClassDomainSampler, UDADataModule
-from lightning_uda.data.rcs import RareClassSampler, class_frequencies, rare_class_probabilities
+from lightning_uda.data.datamodule import UDADataModule
+from lightning_uda.data.rcs import class_frequencies, rare_class_probabilities
 from tests.data.test_datamodule import Preempt, Recorder, _read, _trainer
 
 CLASSES = ["background", "common", "rare"]
@@ -136,21 +136,6 @@ def test_crop_is_redrawn_until_it_holds_enough_of_the_class(tries: int):
     share = float(np.mean(ok[:1600]))
     sigma = math.sqrt(expected * (1 - expected) / 1600)
     assert abs(share - expected) < 4 * sigma + 1e-9, (share, expected)
-
-
-def test_ranks_take_disjoint_draws_and_keys_carry_the_class():
-    counts = np.array([[50, 20, 0], [50, 0, 30], [60, 10, 10]])
-    rcs = RareClassSampler(counts, temperature=0.1, min_pixels=5, seed=7)
-    samplers = [
-        RareClassDomainSampler(3, rcs=rcs, batch_size=2, steps_per_epoch=4, rank=r, world_size=2)
-        for r in range(2)
-    ]
-    for r, sampler in enumerate(samplers):
-        for p in range(8):
-            index, _, cls = sampler.key_at(p)
-            assert (index, cls) == rcs.draw(2 * p + r)
-            assert counts[index, cls] > 5
-    assert [k[1] for k in samplers[0]] != [k[1] for k in samplers[1]]  # own item seeds
 
 
 def test_stats_are_cached_once_in_prepare_data(fixtures_root: Path, tmp_path: Path):

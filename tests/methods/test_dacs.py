@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from lightning.pytorch import Callback
@@ -28,7 +30,7 @@ def test_fits_with_finite_losses_and_default_callbacks(module_cls, tmp_path):
 
 
 def test_user_callbacks_are_kept_and_duplicates_rejected(tmp_path):
-    module = DACSModule(**tiny_module_kwargs())
+    module = DACSModule(**tiny_module_kwargs(), ema_alpha=0.5, ema_warmup=False)
     mine = EMATeacher(alpha=0.5, warmup=False)
     trainer = cpu_trainer(tmp_path, max_steps=1, callbacks=[mine])
     trainer.fit(module, datamodule=toy_datamodule())
@@ -37,6 +39,34 @@ def test_user_callbacks_are_kept_and_duplicates_rejected(tmp_path):
     module = DACSModule(**tiny_module_kwargs())
     trainer = cpu_trainer(tmp_path, callbacks=[PseudoLabelThreshold(), PseudoLabelThreshold()])
     with pytest.raises(ValueError, match="exactly one PseudoLabelThreshold"):
+        trainer.fit(module, datamodule=toy_datamodule())
+
+
+@pytest.mark.parametrize(
+    ("callback", "module_kwargs", "named"),
+    [
+        (EMATeacher(alpha=0.5), {}, "ema_alpha=0.99 but the Trainer's EMATeacher has alpha=0.5"),
+        (EMATeacher(buffers="none"), {}, "ema_buffers='copy' but the Trainer's EMATeacher has"),
+        (
+            PseudoLabelThreshold(threshold=0.9),
+            {},
+            "pseudo_label_threshold=0.968 but the Trainer's PseudoLabelThreshold has threshold=0.9",
+        ),
+        (
+            PseudoLabelThreshold(weighting="pixel"),
+            {"pseudo_label_weighting": "uniform"},
+            "pseudo_label_weighting='uniform' but the Trainer's PseudoLabelThreshold has",
+        ),
+    ],
+    ids=["ema_alpha", "ema_buffers", "threshold", "weighting"],
+)
+def test_a_trainer_callback_that_disagrees_with_the_module_is_an_error(
+    tmp_path, callback, module_kwargs, named
+):
+    # one source of truth: the module's arguments; a disagreeing callback is never applied
+    module = DACSModule(**tiny_module_kwargs(), **module_kwargs)
+    trainer = cpu_trainer(tmp_path, max_steps=1, callbacks=[callback])
+    with pytest.raises(ValueError, match=re.escape(named)):
         trainer.fit(module, datamodule=toy_datamodule())
 
 

@@ -20,6 +20,7 @@ from lightning_uda.models import (
     load_checkpoint,
     parameter_groups,
 )
+from lightning_uda.models.checkpoints import CHECKPOINT_LAYOUTS
 from lightning_uda.models.daformer import (
     MIT_CHANNELS,
     ConvBNReLU,
@@ -27,7 +28,6 @@ from lightning_uda.models.daformer import (
     LinearEmbed,
     SeparableASPP,
 )
-from lightning_uda.models.segmentor import CHECKPOINT_LAYOUTS
 from lightning_uda.normalization import get_normalization
 
 B0_CHANNELS = (32, 64, 160, 256)

@@ -1,4 +1,4 @@
-"""Loading the DeepLab-v2 weight files of DACS and AdvEnt (lightning_uda/models/segmentor.py).
+"""Loading the DeepLab-v2 weight files of DACS and AdvEnt (lightning_uda/models/checkpoints.py).
 
 The reference files are not downloaded: the tests enumerate the reference ResNet's key names and
 shapes independently of the library (below, from the reference architecture: Bottleneck stages
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_uda.models import DeepLabV2, build_segmentor, load_checkpoint
-from lightning_uda.models.segmentor import CHECKPOINT_LAYOUTS
+from lightning_uda.models.checkpoints import CHECKPOINT_LAYOUTS
 
 RESNET101_BLOCKS = (3, 4, 23, 3)
 RESNET50_BLOCKS = (3, 4, 6, 3)

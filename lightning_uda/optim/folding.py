@@ -1,12 +1,12 @@
-"""`FoldingSGD`: momentum SGD that can fold gradients into its momentum buffer between backwards.
+"""`FoldingSGD`: momentum SGD that adds each backward's gradients to its momentum buffer.
 
-Why it exists: every method of the library back-propagates its losses one at a time (source CE,
-then the target or mixed loss) so that only one forward's activations are alive at once. The
-gradients of the first backward, a full copy of the segmentor's parameters, are still held while
-the second forward runs, and on the CPU benchmark that copy is most of what AdvEnt holds on top of
-SourceOnly. Momentum SGD is linear in the gradient, so the sum of the gradients of one step does
-not have to exist: after each backward the gradient can be added to the momentum buffer (which
-SGD keeps anyway) and dropped. torch's SGD has no such entry point, hence this subclass.
+Why it exists: the library's methods back-propagate their losses one at a time (source CE, then
+the target or mixed loss), so only one forward's activations are alive at once. Between those
+backwards, ``.grad`` holds a full copy of the segmentor's gradients while the next forward runs.
+Momentum SGD is linear in the gradient, so the step's summed gradient never has to exist: after
+each backward its gradients can be added to the momentum buffer (which SGD keeps anyway) and
+dropped. torch's SGD has no entry point for that, hence this subclass. It is opt-in
+(``UDAModule(fold_gradients=True)``); ``benchmarks/README.md`` has what it saves.
 
 One step of ``torch.optim.SGD`` (no dampening, no Nesterov) on the summed gradient ``g = g₁ + … +
 gₙ`` is::
@@ -14,22 +14,24 @@ gₙ`` is::
     b ← μ·b + (g + λ·p)        (b ← g + λ·p at the first step)
     p ← p − η·b
 
-The first fold of a step does ``b ← μ·b + (g₁ + λ·p)`` as torch does, each later fold
-``b ← b + gᵢ``, and each drops its gradients; :meth:`FoldingSGD.step` folds what is left in
-``.grad`` and applies ``p ← p − η·b``. That is the same update up to the order of floating-point
-additions, and torch's exactly when a step folds once (one backward per step). Learning rates
-may change between folds and the step (the poly schedule steps after the optimiser): only the
-step uses η.
+:meth:`FoldingSGD.fold_gradients` does, per parameter: at the first fold of a step
+``b ← μ·b + (g₁ + λ·p)`` (torch's arithmetic), at each later fold ``b ← b + gᵢ``; then it drops
+``.grad``. :meth:`FoldingSGD.step` folds what is left in ``.grad`` and applies ``p ← p − η·b``.
+That is torch's update up to the order of floating-point additions, and torch's bit for bit when a
+step folds once (one backward per step). Learning rates may change between folds and the step
+(the poly schedule steps after the optimiser): only the step uses η.
 
 A parameter with no gradient in any backward of a step is skipped, as torch's SGD skips it. The
 per-parameter flag ``"folded"`` lives in the optimiser state, so a checkpoint written between the
 backwards of one step (``accumulate_grad_batches > 1``) resumes with the partial sum.
 
-Not foldable, and so not folded by :class:`~lightning_uda.methods.UDAModule`: gradient clipping
-(the norm of the summed gradient is needed first), 16-bit AMP with a loss scaler (the gradients are
-scaled until the step), and momentum 0 (no buffer to fold into). Callbacks that read ``.grad`` in
-``on_before_optimizer_step`` see only the last backward's gradients; pass ``fold_gradients=False``
-to the module for them.
+What cannot fold, and is refused with an error rather than silently not folded (see
+:class:`~lightning_uda.optim.OptimizerSettings`): momentum 0 (no buffer), dampening and Nesterov
+(not linear in the step's summed gradient in the way above), gradient clipping (needs the norm of
+the summed gradient) and 16-bit AMP with a loss scaler (gradients stay scaled until the step).
+``.grad`` is empty when ``on_before_optimizer_step`` runs, so gradient-norm logging
+(``lightning.pytorch.utilities.grad_norm``) reports only the last backward: leave folding off for
+it.
 """
 
 from __future__ import annotations
@@ -74,11 +76,20 @@ class FoldingSGD(torch.optim.SGD):
         lr: float,
         momentum: float,
         weight_decay: float = 0.0,
+        *,
+        dampening: float = 0.0,
+        nesterov: bool = False,
     ) -> None:
         if not momentum > 0:
             raise ValueError(
                 f"FoldingSGD folds gradients into the momentum buffer, so momentum must be > 0; "
                 f"got {momentum}. Use torch.optim.SGD for plain SGD."
+            )
+        if dampening or nesterov:
+            raise ValueError(
+                "FoldingSGD folds the plain momentum update b ← μ·b + g; with "
+                f"dampening={dampening} or nesterov={nesterov} the step is not that update. Use "
+                "torch.optim.SGD (fold_gradients=False) for them."
             )
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
@@ -107,28 +118,21 @@ class FoldingSGD(torch.optim.SGD):
         """
         for group in self.param_groups:
             momentum, decay = group["momentum"], group["weight_decay"]
-            later = []
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 state = self.state[p]
-                if state.get("folded", False):
-                    later.append(p)
-                    continue
-                step = p.grad.add(p, alpha=decay) if decay else p.grad
                 buffer = state.get("momentum_buffer")
-                if buffer is None:
-                    state["momentum_buffer"] = torch.clone(step).detach()
+                if state.get("folded", False):
+                    buffer.add_(p.grad)
                 else:
-                    buffer.mul_(momentum).add_(step)
-                state["folded"] = True
+                    step = p.grad.add(p, alpha=decay) if decay else p.grad
+                    if buffer is None:
+                        state["momentum_buffer"] = torch.clone(step).detach()
+                    else:
+                        buffer.mul_(momentum).add_(step)
+                    state["folded"] = True
                 p.grad = None  # freed one parameter at a time: no second copy of all gradients
-            if later:
-                torch._foreach_add_(
-                    [self.state[p]["momentum_buffer"] for p in later], [p.grad for p in later]
-                )
-                for p in later:
-                    p.grad = None
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -141,10 +145,7 @@ class FoldingSGD(torch.optim.SGD):
                 loss = closure()
         self.fold_gradients()  # what arrived after the last fold
         for group in self.param_groups:
-            params = [
-                p for p in group["params"] if p in self.state and self.state[p].pop("folded", False)
-            ]
-            if params:
-                buffers = [self.state[p]["momentum_buffer"] for p in params]
-                torch._foreach_add_(params, buffers, alpha=-group["lr"])
+            for p in group["params"]:
+                if p in self.state and self.state[p].pop("folded", False):
+                    p.add_(self.state[p]["momentum_buffer"], alpha=-group["lr"])
         return loss

@@ -1,0 +1,11 @@
+"""Optimiser and schedule: :class:`OptimizerSettings` (one dataclass for a method's optimiser,
+parameter groups and poly schedule), :func:`poly_lr_factor`, and :class:`FoldingSGD` (opt-in
+gradient folding into SGD's momentum buffer)."""
+
+from __future__ import annotations
+
+from lightning_uda.optim.folding import FoldingSGD
+from lightning_uda.optim.schedule import poly_lr_factor
+from lightning_uda.optim.settings import OptimizerSettings
+
+__all__ = ["FoldingSGD", "OptimizerSettings", "poly_lr_factor"]
