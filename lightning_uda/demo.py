@@ -6,7 +6,11 @@ Each method trains from the same seed for the same number of steps on the demo d
 trained on the labelled target train split: the upper bound.
 
     lightning-uda demo [--methods M ...] [--steps N] [--seed S | --seeds S ...] [--json PATH]
-                       [--figure PATH.png] [--figure-rows R] [--no-progress-bar]
+                       [--figure PATH.png] [--figure-rows R] [--no-progress-bar] [--print-recipe]
+
+The rows' settings are the demo recipe, :mod:`lightning_uda.recipes.demo` (a base layer and one
+method layer per row, in LightningCLI's layout); ``--print-recipe`` prints each as a config that
+``lightning-uda fit --config`` runs.
 
 Each run prints one line as soon as it is evaluated; with several seeds (``--seeds 0 1 2``) each
 method's mean ± sample standard deviation follows its last seed, and the table and the JSON hold
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import io
 import json
 import logging
@@ -51,108 +56,20 @@ from lightning_uda.data.demo import (
     demo_datasets,
 )
 from lightning_uda.data.rcs import RareClassSampling
-from lightning_uda.methods import (
-    AdaptSegNetModule,
-    AdvEntModule,
-    ClassMixModule,
-    DACSModule,
-    DAFormerModule,
-    DANNModule,
-    FDAModule,
-    LSDSegModule,
-    MCCModule,
-    MICModule,
-    MinEntModule,
-    SourceOnlyModule,
-    UDAModule,
-)
+from lightning_uda.methods import UDAModule
 from lightning_uda.normalization import IMAGENET
+from lightning_uda.recipes.demo import (  # noqa: F401 (DEMO_BATCH_SIZE, DEMO_RECIPE re-exported)
+    DEMO_BATCH_SIZE,
+    DEMO_METHODS,
+    DEMO_RECIPE,
+    DEMO_STEPS,
+    demo_config,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from lightning_uda.figures import FigureLayout
-
-#: Optimiser and model settings shared by every demo run (calibrated in lightning_uda/data/demo.py).
-DEMO_RECIPE: dict[str, Any] = {
-    "arch": "tiny_unet",
-    "optimizer": "adamw",
-    "lr": 3e-3,
-    "weight_decay": 1e-4,
-    "head_lr_mult": 1.0,  # TinyUNet's "head" is a 1×1 conv; no 10× as for DeepLabV2
-    "poly_power": 0.9,
-}
-DEMO_STEPS = 1000
-DEMO_BATCH_SIZE = 16
-
-#: name → (module class, extra arguments, train on labelled target?)
-DEMO_METHODS: dict[str, tuple[type[UDAModule], dict[str, Any], bool]] = {
-    "source_only": (SourceOnlyModule, {}, False),
-    # Self-training starts after 300 source-only steps: with pseudo-labels from step 0 the
-    # teacher labels photo texture as ink and DACS diverged on 1 of 3 seeds (measured; see
-    # lightning_uda/data/demo.py). α, τ and the augmentation are DACS' own.
-    "classmix": (ClassMixModule, {"mix_warmup_steps": 300}, False),
-    "dacs": (DACSModule, {"mix_warmup_steps": 300}, False),
-    # DAFormer's strategies that apply to the demo: rare-class sampling (DEMO_DATA), the warm-up
-    # (1,500 of 40k steps → 38 of 1,000, from 1e-6×) and poly 1.0, α 0.999, the batch-union
-    # class choice and its jitter. Not the MiT network, AdamW 6e-5 nor the weight decay (the
-    # demo's TinyUNet recipe is shared by every row), not the ImageNet feature distance (the
-    # demo model has no ImageNet weights to stay near) and not the pseudo-label crop (the demo
-    # scenes have no ego-car or rectification border). mix_warmup_steps as DACS' row.
-    "daformer": (DAFormerModule, {}, False),
-    # MIC on the daformer row; MIC's 64-pixel blocks on 512×512 crops scaled to the 32×32
-    # scenes: 4 pixels (8×8 blocks per scene, 70% masked). λ and the ratio are MIC's own.
-    "mic": (MICModule, {"mask_block_size": 4}, False),
-    "minent": (MinEntModule, {}, False),
-    # A 16-wide discriminator (paper: 64) adapts as well on the 32×32 demo (target mIoU 45.7 vs
-    # 45.2; source-only 27.7; seed 0, lr 3e-3, 1000 steps) at about a quarter of the step time:
-    # on CPU the 64-wide D costs more than TinyUNet itself. The class default stays 64.
-    "advent": (AdvEntModule, {"discriminator_width": 16}, False),
-    # MCC pushes predictions towards balanced classes; with 11 classes of which background is
-    # ~80% of the pixels, the paper's λ=1 collapsed the demo model (13 mIoU) and 0.1 lost a
-    # point, so the demo uses 0.02 (measured on seed 0; the class default stays 1).
-    # AdaptSegNet: AdvEnt's row with the softmax instead of the entropy as D's input.
-    "adaptseg": (AdaptSegNetModule, {"discriminator_width": 16}, False),
-    # DANN: the paper's λ_p schedule (γ 10) and λ 1, a 256-wide per-pixel domain classifier on
-    # the deepest TinyUNet features.
-    "dann": (DANNModule, {}, False),
-    # FDA: β is a fraction of the side; the paper's 0.01 gives a 0-pixel window on 32×32 scenes
-    # (the identity), so the demo uses 0.05 (a 1-pixel window, the smallest that translates;
-    # the paper's 0.05 on 1024×512 is 25 pixels). Entropy from the start, as the FDA README runs.
-    "fda": (FDAModule, {"fda_beta": 0.05}, False),
-    # LSD-seg: the reference's loss weights and G/D optimisers; G and D narrowed for the CPU
-    # (16 and 32 channels instead of 64 and 128; at the reference widths D alone costs more than
-    # the TinyUNet) on the demo's own segmentor recipe.
-    "lsd_seg": (LSDSegModule, {"generator_width": 16, "discriminator_width": 32}, False),
-    "mcc": (MCCModule, {"mcc_weight": 0.02}, False),
-    "oracle": (SourceOnlyModule, {}, True),
-}
-
-
-#: The daformer/mic rows' module settings on top of DEMO_RECIPE (see the comment above).
-_DAFORMER_ON_DEMO: dict[str, Any] = {
-    "mix_warmup_steps": 300,
-    "warmup_steps": round(1500 / 40_000 * DEMO_STEPS),
-    "warmup_ratio": 1e-6,
-    "poly_power": 1.0,
-    "feature_distance_weight": 0.0,
-    "pseudo_label_crop": (0, 0),
-}
-for _name in ("daformer", "mic"):
-    DEMO_METHODS[_name][1].update(_DAFORMER_ON_DEMO)
-
-#: Datamodule options of some rows: DAFormer's rare-class sampling, its 3,000 pixels of a
-#: 512×512 crop scaled to the 32×32 scenes (12 pixels); the scenes are not cropped, so there is
-#: no crop to re-draw.
-DEMO_DATA: dict[str, dict[str, Any]] = {
-    name: {
-        "rare_class_sampling": RareClassSampling(
-            temperature=0.01, min_pixels=round(3000 / 512**2 * 32**2), min_crop_ratio=0.0
-        )
-    }
-    for name in ("daformer", "mic")
-}
-
 
 #: Scenes (rows) in the ``--figure`` grid by default.
 FIGURE_ROWS = 4
@@ -411,26 +328,18 @@ def _run_method(
     quiet: bool,
     callbacks: Sequence[Callback],
 ) -> DemoResult:
-    module_cls, extra, oracle = DEMO_METHODS[name]
+    module_cls, module_kwargs, data_kwargs = demo_row(name, steps=steps, seed=seed)
     seed_everything(seed, workers=True, verbose=False)
     datasets = demo_datasets(seed=seed)
-    datamodule = demo_datamodule(
-        seed=seed,
-        oracle=oracle,
-        batch_size=DEMO_BATCH_SIZE,
-        datasets=datasets,
-        **DEMO_DATA.get(name, {}),
-    )
+    datamodule = demo_datamodule(seed=seed, datasets=datasets, **data_kwargs)
     if quiet and datamodule.rare_class_sampling is not None:
         # The rare-class statistics are counted (with a tqdm bar on stderr) once per datamodule
         # and kept; counting them here, with the bar sent nowhere, leaves training unchanged.
         with contextlib.redirect_stderr(io.StringIO()):
             datamodule.class_pixel_counts()
     module = module_cls(
-        num_classes=datamodule.num_classes,
         class_names=datamodule.classes,
-        seed=seed,
-        **{**DEMO_RECIPE, **extra, **(overrides or {})},
+        **{**module_kwargs, "num_classes": datamodule.num_classes, **(overrides or {})},
     )
     trainer = Trainer(
         accelerator="auto",
@@ -467,6 +376,28 @@ def _run_method(
         seed=seed,
         target_val_predictions=predictions,
     )
+
+
+def demo_row(
+    name: str, steps: int = DEMO_STEPS, seed: int = 0
+) -> tuple[type[UDAModule], dict[str, Any], dict[str, Any]]:
+    """Row ``name`` of the demo recipe (:func:`lightning_uda.recipes.demo.demo_config`) as
+    ``(module class, module arguments, demo_datamodule arguments)``.
+
+    The datamodule arguments are ``oracle`` (the source is the labelled target train split),
+    ``batch_size`` and, for the rows that have it, ``rare_class_sampling``.
+    """
+    config = demo_config(name, steps=steps, seed=seed)
+    model, data = config["model"], config["data"]["init_args"]
+    module_path, _, class_name = model["class_path"].rpartition(".")
+    module_cls = getattr(importlib.import_module(module_path), class_name)
+    data_kwargs: dict[str, Any] = {
+        "oracle": data["source"]["init_args"]["domain"] == "target",
+        "batch_size": data["batch_size"],
+    }
+    if "rare_class_sampling" in data:
+        data_kwargs["rare_class_sampling"] = RareClassSampling(**data["rare_class_sampling"])
+    return module_cls, dict(model["init_args"]), data_kwargs
 
 
 def format_result(result: DemoResult, width: int = 0) -> str:
@@ -574,6 +505,23 @@ def demo_figure(results: Sequence[DemoResult]) -> tuple[Image.Image, FigureLayou
     )
 
 
+def print_recipes(methods: Sequence[str], steps: int = DEMO_STEPS, seed: int = 0) -> None:
+    """Print each method's demo config (YAML documents, one per method; the training of the
+    table rows themselves runs without checkpoints or logger, see :func:`run_method`)."""
+    import yaml
+
+    def plain(value: Any) -> Any:  # tuples as YAML lists
+        if isinstance(value, dict):  # class_path before its init_args
+            keys = sorted(value, key=lambda k: k != "class_path")
+            return {k: plain(value[k]) for k in keys}
+        return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+    for name in methods:
+        print(f"# lightning-uda demo --methods {name}: lightning-uda fit --config THIS_FILE")
+        print(yaml.safe_dump(plain(demo_config(name, steps=steps, seed=seed)), sort_keys=False))
+        print("---" if name != methods[-1] else "", end="\n" if name != methods[-1] else "")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lightning-uda demo",
@@ -623,6 +571,11 @@ def _parser() -> argparse.ArgumentParser:
         help=f"target-val scenes in the figure (default: {FIGURE_ROWS})",
     )
     parser.add_argument("--no-progress-bar", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--print-recipe",
+        action="store_true",
+        help="print each method's recipe as a config for `lightning-uda fit --config` and exit",
+    )
     return parser
 
 
@@ -640,6 +593,9 @@ def main(argv: Sequence[str] | None = None) -> list[DemoResult]:
     if len(set(seeds)) != len(seeds):
         parser.error(f"--seeds must be distinct, got {seeds}")
     methods = list(dict.fromkeys(args.methods))  # a repeated method runs once
+    if args.print_recipe:
+        print_recipes(methods, steps=args.steps, seed=seeds[0])
+        return []
     if args.figure is not None:
         from PIL import Image
 

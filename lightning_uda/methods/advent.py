@@ -47,12 +47,12 @@ class AdvEntModule(AdversarialMixin, MultiLevelModule):
     softmax maps in :class:`~lightning_uda.methods.AdaptSegNetModule`), :meth:`domain_criterion`
     (how D's output is scored), :meth:`discriminator_losses` (the D objective).
 
-    **Memory.** The source gradients are folded into SGD's momentum buffer before the target
-    pass (``fold_gradients``, :class:`~lightning_uda.optim.FoldingSGD`); the maps reach the
-    discriminators channels-last without a copy; D's step recomputes its maps from detached
-    low-resolution logits (one map over both domains, one level at a time) instead of keeping
-    input-resolution maps through the segmentor's backward. D's own arithmetic is fixed per pixel
-    (its share of an iteration: ``benchmarks/adversarial_floor.py``).
+    **Memory.** With ``fold_gradients=True`` the source gradients are folded into SGD's
+    momentum buffer before the target pass (:class:`~lightning_uda.optim.FoldingSGD`); the maps
+    reach the discriminators channels-last without a copy; D's step recomputes its maps from
+    detached low-resolution logits (one map over both domains, one level at a time) instead of
+    keeping input-resolution maps through the segmentor's backward. D's own arithmetic is fixed
+    per pixel (its share of an iteration: ``benchmarks/README.md``).
 
     Args:
         adv_weight: λ_adv of the main output (0.001).

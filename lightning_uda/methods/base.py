@@ -21,16 +21,15 @@ optimisation*: gradient accumulation and clipping are module arguments
 naming the module argument. Clipping runs in :meth:`UDAModule.on_before_optimizer_step`, after
 AMP unscaling.
 
-The other jobs live beside it, each in its own file: evaluation and prediction
+The other jobs live beside it, one file each, mixed into the class: evaluation and prediction
 (:mod:`~lightning_uda.methods.evaluation`), the batch/data/finite-state checks
-(:mod:`~lightning_uda.methods.guards`), the state an exact resume needs
-(:mod:`~lightning_uda.methods.resume`) and the optimiser/schedule settings
-(:class:`lightning_uda.optim.OptimizerSettings`).
+(:mod:`~lightning_uda.methods.guards`), exact-resume state (:mod:`~lightning_uda.methods.resume`)
+and the optimiser steps (:mod:`~lightning_uda.methods.optimization`, over
+:class:`lightning_uda.optim.OptimizerSettings`).
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
@@ -48,10 +47,11 @@ from lightning_uda.losses import (
 )
 from lightning_uda.methods.evaluation import Evaluation
 from lightning_uda.methods.guards import TrainingGuards, first_non_finite
+from lightning_uda.methods.optimization import Optimization
 from lightning_uda.methods.resume import ExactResume
 from lightning_uda.models import build_segmentor
 from lightning_uda.normalization import InputNormalization, NormalizationLike, get_normalization
-from lightning_uda.optim import FoldingSGD, OptimizerSettings, poly_lr_factor
+from lightning_uda.optim import OptimizerSettings, poly_lr_factor
 
 __all__ = ["Losses", "UDAModule", "check_range", "first_non_finite", "poly_lr_factor"]
 
@@ -59,7 +59,7 @@ Losses = Iterator[tuple[str, Tensor]]
 SourceCEMean = Literal["valid", "all"]
 
 
-class UDAModule(ExactResume, Evaluation, TrainingGuards, LightningModule):
+class UDAModule(Optimization, ExactResume, Evaluation, TrainingGuards, LightningModule):
     """Base LightningModule for domain-adaptive semantic segmentation.
 
     Batches (``docs/design.md``, "Data contract"): training ``{"source": {"image": B×3×H×W,
@@ -283,88 +283,10 @@ class UDAModule(ExactResume, Evaluation, TrainingGuards, LightningModule):
             self.check_finite_state()
         return total
 
-    @property
-    def folds_gradients(self) -> bool:
-        """Whether the segmentor's gradients are folded (the ``fold_gradients`` argument)."""
-        return self.optim_settings.fold_gradients
-
-    def fold_gradients(self) -> None:
-        """Fold the last backward's gradients into each :class:`~lightning_uda.optim.FoldingSGD`
-        optimiser (a no-op unless ``fold_gradients=True``).
-
-        Called after every backward of :meth:`training_step`; a method that runs its own
-        backward passes calls it after each of them.
-        """
-        if not self.folds_gradients:
-            return
-        optimizers = self.optimizers(use_pl_optimizer=False)
-        for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
-            if isinstance(optimizer, FoldingSGD):
-                optimizer.fold_gradients()
-
-    def optimizer_steps(self) -> None:
-        """Step and zero every optimiser (clipping: :meth:`on_before_optimizer_step`), step the
-        schedulers."""
-        optimizers = self.optimizers()
-        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-        for opt in optimizers:
-            opt.step()  # clipping happens in on_before_optimizer_step, after AMP unscaling
-            opt.zero_grad(set_to_none=True)
-        schedulers = self.lr_schedulers()
-        if schedulers is not None:
-            for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
-                scheduler.step()
-        self.log("train/lr", optimizers[0].param_groups[0]["lr"], batch_size=1)
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Lightning's precision plugin calls this hook inside optimizer.step(), after it has
-        # unscaled 16-bit AMP gradients; clipping before step() would clip scaled gradients.
-        clip = self.hparams.gradient_clip_val
-        if clip is None:
-            return
-        optimizers = self.optimizers(use_pl_optimizer=False)
-        segmentor = optimizers[0] if isinstance(optimizers, list) else optimizers
-        if optimizer is segmentor:  # e.g. AdvEnt's discriminators are not clipped
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
-
     def after_optimizer_step(self) -> None:
         """Hook run after each real optimiser step (``self.uda_step`` already incremented)."""
 
     # ------------------------------------------------------------------ optimisers
-    def total_steps(self) -> int:
-        """Length of the poly schedule in optimiser steps."""
-        if self.optim_settings.total_steps:
-            return int(self.optim_settings.total_steps)
-        trainer = self.trainer
-        if trainer.max_steps and trainer.max_steps > 0:
-            return int(trainer.max_steps)
-        estimated = trainer.estimated_stepping_batches
-        if not math.isfinite(estimated):
-            raise ValueError(
-                "The poly schedule needs a length: set Trainer(max_steps=N) or the module's "
-                "total_steps=N (UDA training is iteration-based)."
-            )
-        return max(1, int(estimated) // self.hparams.accumulate_grad_batches)
-
-    def segmentor_param_groups(self) -> list[dict[str, Any]]:
-        """The segmentor's parameter groups (:meth:`OptimizerSettings.param_groups`)."""
-        return self.optim_settings.param_groups(self.model)
-
-    def make_optimizer(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-        """The segmentor optimiser over ``groups`` (:meth:`OptimizerSettings.build`)."""
-        return self.optim_settings.build(groups)
-
-    def poly_scheduler(
-        self,
-        optimizer: torch.optim.Optimizer,
-        warmup_steps: int = 0,
-        warmup_ratio: float | None = None,
-    ) -> torch.optim.lr_scheduler.LambdaLR:
-        """Per-step poly decay of every group of ``optimizer`` (see :func:`poly_lr_factor`)."""
-        return self.optim_settings.scheduler(
-            optimizer, self.total_steps(), warmup_steps=warmup_steps, warmup_ratio=warmup_ratio
-        )
-
     def configure_optimizers(self) -> Any:
         optimizer = self.make_optimizer(self.segmentor_param_groups())
         scheduler = self.poly_scheduler(
@@ -393,13 +315,7 @@ class UDAModule(ExactResume, Evaluation, TrainingGuards, LightningModule):
             category=UserWarning,
         )
         self.check_data_against_module()
-        plugin = getattr(self.trainer, "precision_plugin", None)
-        if self.folds_gradients and getattr(plugin, "scaler", None) is not None:
-            raise ValueError(
-                f"{type(self).__name__}: fold_gradients=True cannot be combined with 16-bit AMP "
-                "and its loss scaler (the gradients stay scaled until the step). Use "
-                "precision='bf16-mixed', or pass fold_gradients=False."
-            )
+        self.check_folding_against_precision()
         self._batch_checked = False
         # Different ranks must draw different mixing masks / augmentations.
         if self.trainer.world_size > 1 and not getattr(self, "_rng_restored", False):
