@@ -31,6 +31,7 @@ Prints a markdown table and writes ``benchmarks/results/step_time.json``.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import resource
@@ -135,9 +136,10 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     model_kwargs = (
         {"arch": args.arch, "encoder": args.encoder} if args.encoder else {"arch": args.arch}
     )
-    module = _module_class(args.method)(
-        num_classes=num_classes, fold_gradients=not args.no_fold, **model_kwargs
-    )
+    method_class = _module_class(args.method)
+    # folding is opt-in and only for momentum SGD (the AdamW methods run unfolded either way)
+    fold = args.fold and _default_optimizer(method_class) == "sgd"
+    module = method_class(num_classes=num_classes, fold_gradients=fold, **model_kwargs)
     timer = StepTimer()
     trainer = Trainer(
         accelerator=args.device,
@@ -159,6 +161,16 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     return {"step_s": statistics.median(timer.times), "peak_mb": peak_mb}
 
 
+def _default_optimizer(method_class: type) -> str:
+    """The ``optimizer`` default a method class is built with ("sgd" unless it sets another)."""
+    for klass in method_class.__mro__:
+        if "__init__" in vars(klass):
+            parameter = inspect.signature(klass.__init__).parameters.get("optimizer")
+            if parameter is not None and parameter.default is not inspect.Parameter.empty:
+                return parameter.default
+    return "sgd"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
@@ -173,9 +185,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="runs per method, taken in turn")
     parser.add_argument(
-        "--no-fold",
+        "--fold",
         action="store_true",
-        help="fold_gradients=False: SGD keeps each loss's gradients until the step",
+        help="fold_gradients=True for the SGD methods: each loss's gradients go into the "
+        "momentum buffer after its backward (the modules' default is off)",
     )
     parser.add_argument(
         "--json", type=Path, default=Path(__file__).parent / "results" / "step_time.json"
@@ -192,7 +205,7 @@ def main() -> None:
 
     def run(method: str, live_memory: bool = False) -> dict[str, float]:
         cmd = [sys.executable, __file__, "--method", method]
-        cmd += ["--no-fold"] if args.no_fold else []
+        cmd += ["--fold"] if args.fold else []
         for option in options:
             value = getattr(args, option)
             if live_memory and option == "steps":
@@ -229,7 +242,8 @@ def main() -> None:
     header = (
         f"{args.arch}/{args.encoder} {args.size}×{args.size}, batch {args.batch_size}"
         f"+{args.batch_size}, {args.device}, {args.precision}, {args.threads} thread(s), "
-        f"{args.repeats} run(s) per method" + (", fold_gradients=False" if args.no_fold else "")
+        f"{args.repeats} run(s) per method"
+        + (", fold_gradients=True (SGD methods)" if args.fold else "")
     )
     print(f"\n### Step time and peak memory ({header})\n")
     rss = " peak RSS (MiB) | × SourceOnly |" if on_cpu else ""

@@ -17,7 +17,7 @@ from lightning.pytorch import Trainer, seed_everything
 from torch import Tensor
 
 from lightning_uda.data.demo import demo_datamodule
-from lightning_uda.demo import DEMO_BATCH_SIZE, DEMO_METHODS, DEMO_RECIPE
+from lightning_uda.demo import demo_row
 from lightning_uda.methods import DACSModule
 from lightning_uda.mixing import class_mix_mask
 
@@ -67,16 +67,11 @@ def main() -> None:
     args = parser.parse_args()
 
     seed_everything(args.seed, verbose=False)
-    datamodule = demo_datamodule(seed=args.seed, batch_size=DEMO_BATCH_SIZE)
-    _, dacs_settings, _ = DEMO_METHODS["dacs"]
-    module = BorderMaskedDACS(
-        num_classes=datamodule.num_classes,
-        class_names=datamodule.classes,
-        seed=args.seed,
-        border=2,
-        **DEMO_RECIPE,
-        **dacs_settings,
-    )
+    _, dacs_settings, data_settings = demo_row(
+        "dacs", steps=args.steps, seed=args.seed
+    )  # the demo's DACS row
+    datamodule = demo_datamodule(seed=args.seed, **data_settings)
+    module = BorderMaskedDACS(class_names=datamodule.classes, border=2, **dacs_settings)
     trainer = Trainer(
         accelerator="auto",
         devices=1,

@@ -3,18 +3,31 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import Subset, TensorDataset
 
-from lightning_uda.cli import main
+from lightning_uda.callbacks import UnsupervisedValidation
+from lightning_uda.cli import checkpoint_callbacks, main, resolve_select_by, unlabelled_subset
+from lightning_uda.recipes.demo import demo_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
+RECIPES = Path(__file__).resolve().parents[1] / "examples" / "recipes"
+METHODS = sorted(p.stem for p in (RECIPES / "methods").glob("*.yaml"))
 
 
-def test_fit_from_a_config_chooses_method_and_data_by_class_path(tmp_path):
+def _demo_yaml(tmp_path: Path, method: str = "dacs") -> Path:
+    path = tmp_path / f"demo_{method}.yaml"
+    path.write_text(yaml.safe_dump(demo_config(method)))
+    return path
+
+
+def test_fit_from_the_demo_recipe_chooses_method_and_data_by_class_path(tmp_path):
     main(
         [
             "fit",
             "--config",
-            str(CONFIGS / "demo_dacs.yaml"),
+            str(_demo_yaml(tmp_path)),
             "--trainer.max_steps",
             "2",
             "--trainer.val_check_interval",
@@ -39,9 +52,46 @@ def test_fit_from_a_config_chooses_method_and_data_by_class_path(tmp_path):
     assert checkpoints, "fit through the CLI should leave a checkpoint"
 
 
-@pytest.mark.parametrize("config", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_configs_parse(config, capsys):
+@pytest.mark.parametrize("source", ["gta5", "synthia"])
+@pytest.mark.parametrize("method", METHODS)
+def test_shipped_recipe_layers_parse(source, method, capsys):
+    layers = [RECIPES / "base.yaml", RECIPES / "data" / f"{source}_cityscapes.yaml"]
+    layers.append(RECIPES / "methods" / f"{method}.yaml")
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(config), "--print_config"])
+        main(["fit", *(a for p in layers for a in ("--config", str(p))), "--print_config"])
     assert exit_info.value.code == 0
-    assert "class_path: lightning_uda" in capsys.readouterr().out
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["class_path"].startswith("lightning_uda.methods.")
+    assert config["checkpoints"]["select_by"] == "val_unsup/entropy"
+    assert config["checkpoints"]["unlabelled"]["class_path"] == "lightning_uda.data.Cityscapes"
+
+
+def test_select_by_builds_the_checkpoint_callbacks():
+    assert checkpoint_callbacks(None) == []  # Lightning's default checkpointing
+    (labelled,) = checkpoint_callbacks("val/mIoU", dirpath="ckpts")
+    assert isinstance(labelled, ModelCheckpoint)
+    assert (labelled.monitor, labelled.mode, labelled.save_last) == ("val/mIoU", "max", True)
+    assert labelled.dirpath.endswith("ckpts")
+    (last,) = checkpoint_callbacks("paper", paper_select_by="last")  # DAFormer/MIC: final model
+    assert last.monitor is None and last.save_last and last.save_top_k == 0
+    images = TensorDataset(torch.zeros(10, 3, 4, 4))
+    signal, ranking = checkpoint_callbacks(
+        "val_unsup/entropy", unlabelled=images, unlabelled_images=4
+    )
+    assert isinstance(signal, UnsupervisedValidation)
+    assert (ranking.monitor, ranking.mode) == ("val_unsup/entropy", "min")  # lower is better
+    with pytest.raises(ValueError, match="checkpoints.unlabelled"):
+        checkpoint_callbacks("val_unsup/im")
+    with pytest.raises(ValueError, match="does not say"):
+        checkpoint_callbacks("paper", paper_select_by=None)
+    with pytest.raises(ValueError, match="must be one of"):
+        resolve_select_by("val/loss", None)
+    assert resolve_select_by("paper", "val/mIoU") == "val/mIoU"
+
+
+def test_unlabelled_subset_is_fixed_and_in_file_order():
+    images = TensorDataset(torch.arange(20.0))
+    first, second = unlabelled_subset(images, 5), unlabelled_subset(images, 5)
+    assert isinstance(first, Subset) and first.indices == second.indices
+    assert first.indices == sorted(first.indices) and len(first.indices) == 5
+    assert unlabelled_subset(images, 50) is images
