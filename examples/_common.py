@@ -1,16 +1,10 @@
-"""The examples' command line: a front over the layered recipes in ``examples/recipes/``.
+"""The examples' command line: a front over the recipe layers in ``examples/recipes/``.
 
-A run is three LightningCLI config layers, ``base.yaml`` (trainer, checkpointing, logging),
-``data/<source>_cityscapes.yaml`` and ``methods/<method>.yaml`` (docs/recipes.md). This front
-turns its flags into overrides of those files' keys and hands everything to
-:class:`lightning_uda.cli.UDACLI`, so the script and ``lightning-uda fit --config ...`` run,
-rank checkpoints and log the same way; ``--print-recipe`` prints the resolved config (YAML)
-headed by the method's notes and the equivalent ``lightning-uda fit`` line.
-
-``--devices N`` keeps the recipe's *global* batch where it divides by N (per-device batch =
-global ÷ N); where it does not (DACS' 2 + 2 on 4 GPUs) it keeps the per-device batch and applies
-the linear scaling rule: learning rates × k, iterations (schedule, stop, warm-up, validation
-rate) ÷ k, k = new global batch ÷ the recipe's.
+The flags become overrides of the keys of ``base.yaml``, ``data/<source>_cityscapes.yaml`` and
+``methods/<method>.yaml``, and the run is ``lightning-uda fit`` on them (:mod:`lightning_uda.cli`),
+so both ways of starting a run rank checkpoints and log alike. ``--devices N`` keeps the recipe's
+global batch where it divides by N, else the per-device batch with the linear scaling rule
+(docs/recipes.md). ``--print-recipe`` prints the resolved config.
 """
 
 from __future__ import annotations
@@ -27,6 +21,8 @@ import torch
 import yaml
 
 from lightning_uda.cli import SELECT_BY, main
+from lightning_uda.recipes import lookup as get
+from lightning_uda.recipes import merge
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 METHODS = sorted(p.stem for p in (RECIPES / "methods").glob("*.yaml"))
@@ -93,37 +89,16 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
 
 def recipe_files(source: str, method: str) -> list[Path]:
     """The three layers of a run, in order."""
-    return [
-        RECIPES / "base.yaml",
-        RECIPES / "data" / f"{source}_cityscapes.yaml",
-        RECIPES / "methods" / f"{method}.yaml",
-    ]
+    layers = ("base.yaml", f"data/{source}_cityscapes.yaml", f"methods/{method}.yaml")
+    return [RECIPES / layer for layer in layers]
 
 
 def load_recipe(files: list[Path]) -> dict[str, Any]:
-    """The layers merged as LightningCLI merges them (later keys win, mappings merge)."""
-    merged: dict[str, Any] = {}
+    """The layers merged as LightningCLI merges them."""
+    recipe: dict[str, Any] = {}
     for path in files:
-        _merge(merged, yaml.safe_load(path.read_text()) or {})
-    return merged
-
-
-def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = value
-
-
-def get(recipe: dict[str, Any], key: str, default: Any = None) -> Any:
-    """The value of a dotted key (``model.init_args.lr``) of a merged recipe."""
-    node: Any = recipe
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
+        recipe = merge(recipe, yaml.safe_load(path.read_text()) or {})
+    return recipe
 
 
 def overrides(
@@ -135,9 +110,7 @@ def overrides(
     model = "model.init_args"
     method = args.method
     init = dict(get(recipe, model, {}))
-    devices = args.devices
-    if devices < 1:
-        raise SystemExit(f"--devices must be >= 1, got {devices}")
+    devices = max(1, args.devices)
     # the linear scaling rule
     batch = get(recipe, f"{_DATA}.batch_size")
     least = MIN_BATCH_PER_DEVICE.get(method, 1)
@@ -175,8 +148,10 @@ def overrides(
         out["trainer.strategy"] = (
             "ddp_find_unused_parameters_true" if method in ADVERSARIAL else "ddp"
         )
-        # DeepLabV2 and the DAFormer head normalise with batch statistics: share them (GPUs only)
-        out["trainer.sync_batchnorm"] = _on_gpu(args.accelerator)
+        # DeepLabV2 and the DAFormer head normalise with batch statistics: share them (PyTorch
+        # has no SyncBatchNorm on CPUs)
+        gpu = torch.cuda.is_available() if args.accelerator == "auto" else args.accelerator
+        out["trainer.sync_batchnorm"] = gpu in (True, "gpu", "cuda")
     simple = {
         "trainer.devices": devices,
         "trainer.accelerator": args.accelerator,
@@ -275,19 +250,18 @@ def refuse_random_init(method: str, recipe: dict[str, Any], from_scratch: bool) 
             "--encoder-weights imagenet (smp's, downloads) or --checkpoint FILE, or "
             "--from-scratch to insist."
         )
-    name = Path(checkpoint).name
-    where = f"The paper starts from {name} ({checkpoint} does not exist); the recipe says:\n"
-    where += "\n".join(initial_weights_note(method)) + "\nPut it there or pass --checkpoint "
+    name, note = Path(checkpoint).name, "\n".join(initial_weights_note(method))
     if arch == "deeplabv2":
-        raise SystemExit(
-            f"{start}. {where}PATH/{name} (the Caffe layout and BGR mean-subtracted input are "
-            "selected for it), or --encoder-weights imagenet for torchvision's ImageNet ResNet "
-            "(downloads; not the papers' initialisation), or --from-scratch to insist."
-        )
+        how = "(the Caffe layout and BGR mean-subtracted input are selected for it), or "
+        how += "--encoder-weights imagenet for torchvision's ImageNet ResNet (downloads; not the "
+        how += "papers' initialisation)"
+    else:
+        start += " (and the ImageNet feature distance would pull towards random features)"
+        how = f"or --encoder-weights imagenet for smp's ImageNet {encoder} weights (downloads)"
     raise SystemExit(
-        f"{start} (and the ImageNet feature distance would pull towards random features). "
-        f"{where}PATH/{name}, or --encoder-weights imagenet for smp's ImageNet {encoder} weights "
-        "(downloads), or --from-scratch to insist."
+        f"{start}. The paper starts from {name} ({checkpoint} does not exist); the recipe "
+        f"says:\n{note}\nPut it there or pass --checkpoint PATH/{name} {how}, or --from-scratch "
+        "to insist."
     )
 
 
@@ -306,17 +280,14 @@ def selection_line(recipe: dict[str, Any], method: str) -> str:
     chosen, paper = get(recipe, "checkpoints.select_by"), get(recipe, "checkpoints.paper_select_by")
     resolved = paper if chosen == "paper" else chosen
     line = f"model selection: {chosen}" + (f" = {paper}" if chosen == "paper" else "")
-    if str(resolved).startswith("val_unsup/"):
-        line += (
-            f" (label-free, on {get(recipe, 'checkpoints.unlabelled_images')} unlabelled "
-            "Cityscapes train images; val/mIoU logged for reporting only)"
-        )
-    elif resolved == "val/mIoU":
-        line += " (labelled target val: target supervision)"
-    said = {
-        "val/mIoU": "its best snapshot by mIoU on the labelled target val (val/mIoU)",
-        "last": "its final model (last)",
-    }.get(paper, "no selection rule")
+    images = get(recipe, "checkpoints.unlabelled_images")
+    line += {
+        "val/mIoU": " (labelled target val: target supervision)",
+        "last": "",
+        None: " (refused: the paper states no rule)",
+    }.get(resolved, f" (label-free, on {images} unlabelled Cityscapes train images)")
+    said = {"val/mIoU": "its best snapshot by mIoU on the labelled target val (val/mIoU)"}
+    said = {**said, "last": "its final model (last)"}.get(paper, "no selection rule")
     return f"{line}; the {method} paper reports {said}: --select-by paper"
 
 
@@ -333,23 +304,16 @@ def resume_checkpoint(directory: Path) -> str:
     return str(last)
 
 
-def cli_arguments(files: list[Path], values: dict[str, Any]) -> list[str]:
-    """``lightning-uda fit`` arguments: the layers, then one ``--key=value`` per override."""
-    out = ["fit"] + [a for f in files for a in ("--config", str(f))]
-    for key, value in values.items():
-        text = value if isinstance(value, str) else json.dumps(value)
-        out.append(f"--{key}={text}")
-    return out
-
-
 def run(args: argparse.Namespace, source: str) -> None:
     """Resolve the recipe for the flags, print its notes, then print it or train it."""
     files = recipe_files(source, args.method)
     recipe = load_recipe(files)
     values, notes = overrides(args, source, recipe)
     for key, value in values.items():  # the resolved recipe, for the checks below
-        _merge(recipe, _nested(key, value))
-    command = cli_arguments(files, values)
+        recipe = merge(recipe, _nested(key, value))
+    # `lightning-uda fit`: the layers, then one --key=value per override
+    command = ["fit", *(a for f in files for a in ("--config", str(f)))]
+    command += [f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in values.items()]
     if args.resume is not None:
         folder = (
             Path(get(recipe, "checkpoints.dirpath")) if args.resume is True else Path(args.resume)
@@ -384,8 +348,3 @@ def _nested(key: str, value: Any) -> dict[str, Any]:
     for part in reversed(key.split(".")):
         value = {part: value}
     return value
-
-
-def _on_gpu(accelerator: str) -> bool:
-    """Whether the run will use GPUs (SyncBatchNorm has no CPU implementation in PyTorch)."""
-    return torch.cuda.is_available() if accelerator == "auto" else accelerator in ("gpu", "cuda")

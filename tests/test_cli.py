@@ -95,3 +95,32 @@ def test_unlabelled_subset_is_fixed_and_in_file_order():
     assert isinstance(first, Subset) and first.indices == second.indices
     assert first.indices == sorted(first.indices) and len(first.indices) == 5
     assert unlabelled_subset(images, 50) is images
+
+
+def test_fit_ranks_checkpoints_by_the_selected_signal(tmp_path):
+    """`checkpoints.select_by` through LightningCLI: the label-free signal is logged and ranks."""
+    unlabelled = {
+        "class_path": "lightning_uda.data.demo.DigitScenes",
+        "init_args": {"domain": "target", "split": "train", "num_images": 8, "return_mask": False},
+    }
+    main(
+        [
+            "fit",
+            "--config",
+            str(_demo_yaml(tmp_path)),
+            "--trainer.max_steps=2",
+            "--trainer.val_check_interval=2",
+            "--trainer.limit_val_batches=1",
+            "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false",
+            "--data.init_args.source.init_args.num_images=32",
+            "--data.init_args.target.init_args.num_images=32",
+            "--data.init_args.val.init_args.num_images=8",
+            "--checkpoints.select_by=val_unsup/entropy",
+            f"--checkpoints.dirpath={tmp_path / 'ckpts'}",
+            f"--checkpoints.unlabelled={yaml.safe_dump(unlabelled, default_flow_style=True)}",
+        ]
+    )
+    names = sorted(p.name for p in (tmp_path / "ckpts").glob("*.ckpt"))
+    assert "last.ckpt" in names
+    assert any(n.startswith("step2-entropy") and "-miou" in n for n in names), names

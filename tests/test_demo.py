@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from lightning_uda.data.demo import DEMO_PALETTE
@@ -19,6 +20,7 @@ from lightning_uda.demo import (
     DEMO_METHODS,
     DemoResult,
     demo_figure,
+    demo_row,
     format_result,
     main,
     quiet_lightning,
@@ -222,6 +224,37 @@ def test_command_prints_each_result_before_the_table_and_no_noise(tmp_path):
         line = format_result(DemoResult(**row), width=len("source_only"))
         assert line in done.stdout and done.stdout.index(line) < table
         assert done.stdout.count(f"{name}, seed 0:") >= 1  # its progress bar
+
+
+def test_demo_rows_are_the_recipe_layers():
+    """The rows train with the arguments the demo table was measured with (the recipe in
+    lightning_uda/recipes/demo.py); DAFormer/MIC keep the source CE over valid pixels."""
+    shared = {"arch": "tiny_unet", "optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4}
+    for name in DEMO_METHODS:
+        cls, kwargs, data = demo_row(name, seed=2)
+        assert kwargs.items() >= {**shared, "num_classes": 11, "seed": 2}.items(), name
+        assert data["batch_size"] == 16 and data["oracle"] == (name == "oracle"), name
+        assert ("rare_class_sampling" in data) == (name in ("daformer", "mic")), name
+    cls, daformer, data = demo_row("daformer")
+    assert cls.__name__ == "DAFormerModule"
+    assert daformer["source_ce_mean_over"] == "valid" and daformer["warmup_steps"] == 38
+    assert daformer["poly_power"] == 1.0 and daformer["pseudo_label_crop"] == (0, 0)
+    assert data["rare_class_sampling"].min_pixels == 12
+    _, mic, _ = demo_row("mic")
+    assert mic["mask_block_size"] == 4 and mic["source_ce_mean_over"] == "valid"
+    assert demo_row("advent")[1]["discriminator_width"] == 16
+    assert demo_row("dacs")[1]["mix_warmup_steps"] == 300
+    assert demo_row("source_only")[1]["poly_power"] == 0.9
+
+
+def test_print_recipe_prints_a_config_per_method(capsys):
+    assert main(["--methods", "dacs", "oracle", "--print-recipe"]) == []
+    documents = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert [d["model"]["class_path"] for d in documents] == [
+        "lightning_uda.methods.DACSModule",
+        "lightning_uda.methods.SourceOnlyModule",
+    ]
+    assert documents[1]["data"]["init_args"]["source"]["init_args"]["domain"] == "target"
 
 
 def test_unknown_method_is_rejected_with_the_choices():

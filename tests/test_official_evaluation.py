@@ -143,6 +143,7 @@ def _assert_agree(result: dict[str, object]) -> None:
 
 
 # ---------------------------------------------------------------------------------- tests
+@pytest.mark.fit
 def test_official_evaluation_matches_val_miou_on_the_fixture(
     module: SourceOnlyModule, fixtures_root: Path, tmp_path: Path
 ):
@@ -153,6 +154,7 @@ def test_official_evaluation_matches_val_miou_on_the_fixture(
     _assert_agree(result)
 
 
+@pytest.mark.fit
 def test_official_evaluation_matches_val_miou_at_native_resolution(
     module: SourceOnlyModule, fixtures_root: Path, tmp_path: Path
 ):

@@ -12,9 +12,14 @@ from torch import nn
 
 from lightning_uda.methods import AdvEntModule, DACSModule, MinEntModule
 from lightning_uda.optim import FoldingSGD
+from tests.helpers.methods import (
+    advent_kwargs,
+    cpu_trainer,
+    tiny_module_kwargs,
+    toy32_datamodule,
+    toy_datamodule,
+)
 from tests.helpers.numerics import assert_equal_up_to_reassociation
-from tests.methods.helpers import cpu_trainer, tiny_module_kwargs, toy_datamodule
-from tests.methods.test_advent import advent_kwargs, toy32_datamodule
 
 
 class TwoHeads(nn.Module):
@@ -183,6 +188,7 @@ class RecordingAdvEnt(GradientsAtTargetForward, AdvEntModule):
     ],
     ids=["minent", "advent"],
 )
+@pytest.mark.fit
 def test_the_target_pass_runs_without_source_gradients_and_training_is_unchanged(
     tmp_path, module_cls, kwargs, datamodule
 ):
@@ -200,6 +206,7 @@ def test_the_target_pass_runs_without_source_gradients_and_training_is_unchanged
     assert_equal_up_to_reassociation(params[True], params[False])
 
 
+@pytest.mark.fit
 def test_the_comparison_tells_a_small_change_of_the_update_from_rounding(tmp_path):
     # The float64 comparison above can fail: 1% less weight decay (a term of 2.5e-7 per step
     # here, relative to the weights) is far outside the reassociation tolerance.
@@ -216,6 +223,7 @@ def test_the_comparison_tells_a_small_change_of_the_update_from_rounding(tmp_pat
         assert_equal_up_to_reassociation(params[4.95e-4], params[5e-4])
 
 
+@pytest.mark.fit
 def test_accumulated_batches_fold_to_the_same_update(tmp_path):
     params = {}
     for fold in (False, True):
@@ -228,6 +236,7 @@ def test_accumulated_batches_fold_to_the_same_update(tmp_path):
     assert_equal_up_to_reassociation(params[True], params[False])
 
 
+@pytest.mark.fit
 def test_folding_is_opt_in_and_refused_where_it_would_change_the_update(tmp_path):
     def optimizer(**module_kwargs) -> torch.optim.Optimizer:
         module = MinEntModule(**tiny_module_kwargs(), **module_kwargs)
@@ -260,6 +269,7 @@ def test_folding_is_opt_in_and_refused_where_it_would_change_the_update(tmp_path
         FoldingSGD([nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9, dampening=0.1)
 
 
+@pytest.mark.fit
 def test_gradient_norm_logging_sees_the_summed_gradient_without_folding(tmp_path):
     # Lightning's grad_norm in on_before_optimizer_step: with folding off (the default) .grad
     # holds the step's whole gradient, so the logged norm is the summed gradient's.
@@ -287,6 +297,7 @@ class _SaveAfterBatch(Callback):
             trainer.save_checkpoint(self.path)
 
 
+@pytest.mark.fit
 def test_a_run_checkpointed_between_accumulated_batches_resumes_exactly(tmp_path):
     """Step 2 of 3 has folded one of its two batches when the checkpoint is written."""
     kwargs = dict(tiny_module_kwargs(), accumulate_grad_batches=2, fold_gradients=True)
@@ -310,6 +321,7 @@ def test_a_run_checkpointed_between_accumulated_batches_resumes_exactly(tmp_path
         assert torch.equal(resumed.model.state_dict()[key], value), key
 
 
+@pytest.mark.fit
 def test_non_finite_folded_gradients_are_never_checkpointed(tmp_path):
     module = MinEntModule(**tiny_module_kwargs(), accumulate_grad_batches=2, fold_gradients=True)
     trainer = cpu_trainer(tmp_path, max_steps=1)
@@ -323,6 +335,7 @@ def test_non_finite_folded_gradients_are_never_checkpointed(tmp_path):
     assert not (tmp_path / "bad.ckpt").exists()
 
 
+@pytest.mark.fit
 def test_one_backward_per_step_trains_exactly_as_torch_sgd(tmp_path):
     from lightning_uda.methods import SourceOnlyModule
 

@@ -13,8 +13,8 @@ other files is detected and recomputed; classes without any image above ``min_pi
 dropped from the draw and the others renormalised; draw ``k`` is a pure function of
 ``(seed, k)``, so sampling resumes exactly and needs no state in the checkpoint; under DDP each
 rank takes its own draws (rank ``r`` of ``W`` takes draws ``r, r + W, ...``), where DAFormer ran on
-one GPU. DAFormer's Cityscapes target crops also use ``cat_max_ratio`` on the *target labels*; here
-the target stays unlabelled (the ``cat_max_ratio`` presets apply to the source only).
+one GPU. As in DAFormer, ``cat_max_ratio`` applies to the source crops only; the target crops
+are plain random crops.
 """
 
 from __future__ import annotations

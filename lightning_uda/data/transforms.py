@@ -334,8 +334,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # SYNTHIA-RAND-CITYSCAPES is natively 1280×760; crops as for GTA5.
     "synthia_train": {"resize": (760, 1280), "crop": (512, 512), "flip": False},
     # DAFormer/MIC: the same sizes, flips with p 0.5, source crops re-drawn while one class
-    # covers > 75% (mmseg's cat_max_ratio; DAFormer applies it to target crops too, using the
-    # target labels, which an unsupervised run does not have).
+    # covers > 75% (mmseg's cat_max_ratio); DAFormer's target crops are plain random crops.
     "gta5_train_daformer": {
         "resize": (720, 1280),
         "crop": (512, 512),

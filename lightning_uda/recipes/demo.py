@@ -9,8 +9,9 @@ config that ``lightning-uda fit --config`` runs (``lightning-uda demo --print-re
 
 from __future__ import annotations
 
-import copy
 from typing import Any
+
+from lightning_uda.recipes import merge
 
 DEMO_STEPS = 1000
 DEMO_BATCH_SIZE = 16
@@ -140,24 +141,6 @@ DEMO_METHODS: dict[str, dict[str, Any]] = {
         "data": {"init_args": {"source": _digits("target", "train", 2000)}},
     },
 }
-
-
-def merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``layer`` as LightningCLI merges config files (mappings merge, a
-    ``class_path`` change replaces the ``init_args``; other values replace). Copies."""
-    out = copy.deepcopy(base)
-    for key, value in layer.items():
-        old = out.get(key)
-        if isinstance(value, dict) and isinstance(old, dict):
-            if "class_path" in value and value["class_path"] != old.get(
-                "class_path", value["class_path"]
-            ):
-                out[key] = copy.deepcopy(value)
-            else:
-                out[key] = merge(old, value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def demo_config(name: str, steps: int = DEMO_STEPS, seed: int = 0) -> dict[str, Any]:

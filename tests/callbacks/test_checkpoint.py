@@ -10,8 +10,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_uda.callbacks import CheckpointError, ChecksummedCheckpointIO
 from lightning_uda.methods import DACSModule
+from tests.helpers.methods import cpu_trainer, tiny_module_kwargs, toy_datamodule
 
-from ..methods.helpers import cpu_trainer, tiny_module_kwargs, toy_datamodule
+pytestmark = pytest.mark.fit
 
 
 def _fit(tmp_path, max_steps: int, ckpt_path=None):

@@ -12,9 +12,14 @@ from lightning_uda.callbacks import SegmentationPanels
 from lightning_uda.callbacks.panels import denormalize, wandb_class_labels, wandb_mask
 from lightning_uda.constants import IMAGENET_MEAN, IMAGENET_STD
 from lightning_uda.methods import DACSModule
-
-from ..methods.helpers import CLASSES, NUM_CLASSES, cpu_trainer, tiny_module_kwargs, toy_datamodule
-from .wandb_offline import STEP_WARNING, OfflineRun
+from tests.helpers.methods import (
+    CLASSES,
+    NUM_CLASSES,
+    cpu_trainer,
+    tiny_module_kwargs,
+    toy_datamodule,
+)
+from tests.helpers.wandb_offline import STEP_WARNING, OfflineRun
 
 
 def test_denormalize_inverts_imagenet_normalisation():
@@ -34,6 +39,7 @@ def test_denormalize_undoes_the_caffe_space():
     assert out[0, 0, 0].tolist() == [10, 128, 250]
 
 
+@pytest.mark.fit
 def test_panels_run_with_a_wandb_logger_and_do_nothing_without(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")  # offline no-op run: nothing is sent
     module = DACSModule(**tiny_module_kwargs())
@@ -92,7 +98,7 @@ def _wait_for_the_log(save_dir, timeout_s: float = 30.0) -> None:
     """
     import time
 
-    from .wandb_offline import read_records
+    from tests.helpers.wandb_offline import read_records
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -107,6 +113,7 @@ def _wait_for_the_log(save_dir, timeout_s: float = 30.0) -> None:
 
 
 @pytest.mark.parametrize("log_every_n_steps", [1, None], ids=["log_every_step", "default"])
+@pytest.mark.fit
 def test_every_panel_reaches_the_offline_run(tmp_path, monkeypatch, capfd, log_every_n_steps):
     kwargs = {} if log_every_n_steps is None else {"log_every_n_steps": log_every_n_steps}
     run = _fit_offline(tmp_path, monkeypatch, **kwargs)
@@ -147,6 +154,7 @@ def test_every_panel_reaches_the_offline_run(tmp_path, monkeypatch, capfd, log_e
     assert [row["trainer/global_step"] for row in mixed] == [1, 3, 5]  # batches 2, 4, 6
 
 
+@pytest.mark.fit
 def test_ignore_label_reaches_the_offline_run_under_its_own_id(tmp_path, monkeypatch):
     run = _fit_offline(tmp_path, monkeypatch)
     labels = run.config["_wandb"]["mask/class_labels"]
@@ -192,12 +200,12 @@ def test_normalized_confusion_and_heatmap_by_hand():
     assert picture[4, 4].tolist() == [131, 151, 181]  # 0.5: half-way to dark blue
 
 
+@pytest.mark.fit
 def test_validation_keeps_the_confusion_matrix_of_the_split():
     from torch.utils.data import DataLoader
 
     from lightning_uda.methods import SourceOnlyModule
-
-    from ..methods.test_base import OneHotModel
+    from tests.helpers.methods import OneHotModel
 
     pred = torch.tensor([[0, 0, 1, 1, 2, 2, 0, 1]])
     label = torch.tensor([[0, 1, 1, 1, 2, 0, 255, 1]])

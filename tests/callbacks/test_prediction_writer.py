@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from lightning.pytorch import Trainer
 from PIL import Image
@@ -25,6 +26,7 @@ def test_train_ids_map_back_to_official_label_ids(fixtures_root):
     assert label_ids.dtype == np.uint8
 
 
+@pytest.mark.fit
 def test_predict_writes_full_resolution_label_id_pngs(fixtures_root, tmp_path):
     dataset = Cityscapes(
         fixtures_root / "cityscapes_mini", split="val", transform="cityscapes_val", return_meta=True

@@ -21,9 +21,8 @@ from lightning_uda.selection import (
     prediction_agreement,
     soft_neighbourhood_density,
 )
-
-from ..methods.helpers import ToyScenes, cpu_trainer, tiny_module_kwargs, toy_datamodule
-from ..test_examples import _gta_and_cityscapes, _load
+from tests.helpers.examples import gta_and_cityscapes, load_example
+from tests.helpers.methods import ToyScenes, cpu_trainer, tiny_module_kwargs, toy_datamodule
 
 SOURCE_FREQUENCIES = [0.6, 0.25, 0.15]
 
@@ -80,6 +79,7 @@ def signals_on_all_data(module, images: torch.Tensor, batch_size: int) -> dict[s
 
 
 @pytest.mark.parametrize("module_cls", [SourceOnlyModule, DACSModule])
+@pytest.mark.fit
 def test_fit_logs_every_signal_accumulated_over_the_split(tmp_path, module_cls):
     torch.manual_seed(0)
     module = module_cls(**tiny_module_kwargs())
@@ -177,6 +177,7 @@ def test_accumulation_over_batches_equals_the_functions_on_the_whole_split():
     assert one_batch["snd"] == pytest.approx(float(expected), rel=1e-5)
 
 
+@pytest.mark.fit
 def test_model_checkpoint_selects_by_an_unsupervised_signal(tmp_path):
     torch.manual_seed(0)
     checkpoint = ModelCheckpoint(
@@ -270,6 +271,8 @@ class _Dump(Callback):
         torch.save(metrics, self.path / f"rank{trainer.global_rank}.pt")
 
 
+@pytest.mark.fit
+@pytest.mark.ddp
 def test_two_processes_give_the_single_process_values(tmp_path):
     torch.manual_seed(0)
     module = DACSModule(**tiny_module_kwargs())
@@ -296,7 +299,7 @@ def test_two_processes_give_the_single_process_values(tmp_path):
 # ------------------------------------------------------------------ the examples' --select-by
 @pytest.fixture(scope="module")
 def common():
-    return _load("_common")
+    return load_example("_common")
 
 
 def test_example_select_by_prints_the_choice(common, capsys):
@@ -329,7 +332,7 @@ def test_example_select_by_prints_the_choice(common, capsys):
 def test_example_unlabelled_subset_is_fixed_and_has_no_labels(common, tmp_path, fixtures_root):
     from lightning_uda.data import preset
 
-    _gta_and_cityscapes(tmp_path, fixtures_root)  # 2 Cityscapes train frames
+    gta_and_cityscapes(tmp_path, fixtures_root)  # 2 Cityscapes train frames
     root, transform = tmp_path / "cityscapes", preset("cityscapes_val")
     subset = common.unlabelled_selection_images(root, transform, "imagenet", count=1)
     again = common.unlabelled_selection_images(root, transform, "imagenet", count=1)
@@ -340,8 +343,9 @@ def test_example_unlabelled_subset_is_fixed_and_has_no_labels(common, tmp_path, 
 
 
 @pytest.mark.slow
+@pytest.mark.fit
 def test_gta_example_selects_by_an_unsupervised_signal(common, tmp_path, fixtures_root):
-    _gta_and_cityscapes(tmp_path / "data", fixtures_root)
+    gta_and_cityscapes(tmp_path / "data", fixtures_root)
     argv = ["--data-root", str(tmp_path / "data"), "--method", "dacs", "--encoder", "resnet18"]
     argv += ["--from-scratch", "--accelerator", "cpu", "--max-steps", "1", "--val-every", "1"]
     argv += ["--num-workers", "0", "--output", str(tmp_path / "out")]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import albumentations as A
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -18,6 +16,7 @@ from torch.utils.data import Dataset
 from lightning_uda.data.datamodule import UDADataModule
 from lightning_uda.data.labels import CITYSCAPES_CLASSES
 from lightning_uda.normalization import CAFFE, IMAGENET
+from tests.helpers.data import Preempt, Recorder, read_log, stream_trainer
 
 CLASSES = ["a", "b", "c"]
 FRAME = "frankfurt_000000_000294"
@@ -170,58 +169,6 @@ def test_transform_randomness_is_per_sample_and_independent_of_workers():
 
 
 # ---------------------------------------------------------------------------------- Lightning
-class Recorder(L.LightningModule):
-    """Writes what each training step sees to ``log_file`` (one JSON line per step)."""
-
-    def __init__(self, log_file: str) -> None:
-        super().__init__()
-        self.log_file = log_file
-        self.weight = torch.nn.Parameter(torch.zeros(1))
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        record = {
-            "rank": self.global_rank,
-            "epoch": self.current_epoch,
-            "batch_idx": batch_idx,
-            "source": batch["source"]["index"].tolist(),
-            "target": batch["target"]["index"].tolist(),
-            "crop": batch["source"]["image"][:, 0, 0, 0].tolist(),
-        }
-        with open(self.log_file, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        return (self.weight * batch["source"]["image"].mean()).sum()
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.0)
-
-
-class Preempt(L.Callback):
-    def __init__(self, at_step: int) -> None:
-        self.at_step = at_step
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.at_step:
-            raise RuntimeError("pre-empted")
-
-
-def _read(log_file: Path) -> list[dict]:
-    return [json.loads(line) for line in log_file.read_text().splitlines()]
-
-
-def _trainer(tmp_path: Path, callbacks: list, max_steps: int = 11, **kwargs) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        max_steps=max_steps,
-        limit_val_batches=0,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-        default_root_dir=tmp_path,
-        **kwargs,
-    )
-
-
 def _resume_dm(num_workers: int = 0) -> UDADataModule:
     return _dm(
         source=TinyDataset(9, size=8, crop=4),
@@ -236,12 +183,13 @@ def _resume_dm(num_workers: int = 0) -> UDADataModule:
     [(7, "epoch=1-step=7.ckpt", 0), (5, "epoch=0-step=5.ckpt", 1)],
     ids=["mid-epoch", "epoch-end-with-worker"],
 )
+@pytest.mark.fit
 def test_fit_resumed_from_checkpoint_sees_the_same_stream(
     tmp_path: Path, recwarn, saved_at: int, checkpoint_name: str, num_workers: int
 ):
     # 5 batches per epoch (ceil(9 / 2)); checkpoint at `saved_at`, pre-empted at step 9.
     straight = tmp_path / "straight.jsonl"
-    _trainer(tmp_path, [], enable_checkpointing=False).fit(
+    stream_trainer(tmp_path, [], enable_checkpointing=False).fit(
         Recorder(str(straight)), _resume_dm(num_workers)
     )
 
@@ -250,21 +198,21 @@ def test_fit_resumed_from_checkpoint_sees_the_same_stream(
         dirpath=tmp_path / "ckpt", every_n_train_steps=saved_at, save_top_k=-1
     )
     with pytest.raises(RuntimeError, match="pre-empted"):
-        _trainer(tmp_path, [checkpoint, Preempt(9)]).fit(
+        stream_trainer(tmp_path, [checkpoint, Preempt(9)]).fit(
             Recorder(str(interrupted)), _resume_dm(num_workers)
         )
     resumed = tmp_path / "resumed.jsonl"
-    _trainer(tmp_path, []).fit(
+    stream_trainer(tmp_path, []).fit(
         Recorder(str(resumed)),
         _resume_dm(num_workers),
         ckpt_path=str(tmp_path / "ckpt" / checkpoint_name),
     )
 
-    expected = _read(straight)
+    expected = read_log(straight)
     assert len(expected) == 11
     # Same sample indices, same crops, same batch_idx and epoch, step by step.
-    assert _read(interrupted)[:saved_at] + _read(resumed) == expected
-    first = _read(resumed)[0]
+    assert read_log(interrupted)[:saved_at] + read_log(resumed) == expected
+    first = read_log(resumed)[0]
     assert (first["epoch"], first["batch_idx"]) == divmod(saved_at, 5)
     assert not [w for w in recwarn if "not resumable" in str(w.message)]
 
@@ -275,18 +223,21 @@ class ShardRecorder(Recorder):
         return super().training_step(batch, batch_idx)
 
 
+@pytest.mark.fit
+@pytest.mark.ddp
 def test_ddp_ranks_see_disjoint_shards(tmp_path: Path):
     # 8 target images, 2 ranks × 2 per batch: the first 2 steps are one cycle, split in two.
     dm = _dm(n_source=8, n_target=8, batch_size=2, target_batch_size=2)
     # ddp_fork (2 CPU processes, gloo) starts in well under a second; Lightning refuses to fork
     # once CUDA is initialised (e.g. by an earlier test on a GPU machine): spawn then.
     strategy = "ddp_spawn" if torch.cuda.is_initialized() else "ddp_fork"
-    trainer = _trainer(
+    trainer = stream_trainer(
         tmp_path, [], max_steps=2, devices=2, strategy=strategy, enable_checkpointing=False
     )
     trainer.fit(ShardRecorder(str(tmp_path / "log.jsonl")), dm)
     seen = [
-        [i for r in _read(tmp_path / f"log.{rank}.jsonl") for i in r["target"]] for rank in (0, 1)
+        [i for r in read_log(tmp_path / f"log.{rank}.jsonl") for i in r["target"]]
+        for rank in (0, 1)
     ]
     assert len(seen[0]) == len(seen[1]) == 4
     assert not set(seen[0]) & set(seen[1])

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from lightning_uda.data import CatMaxRatioCrop, RareClassSampling, train_transform
 from lightning_uda.data.datamodule import UDADataModule
 from lightning_uda.data.rcs import class_frequencies, rare_class_probabilities
-from tests.data.test_datamodule import Preempt, Recorder, _read, _trainer
+from tests.helpers.data import Preempt, Recorder, read_log, stream_trainer
 
 CLASSES = ["background", "common", "rare"]
 
@@ -175,23 +175,24 @@ def _rcs_resume_dm() -> UDADataModule:
     return _dm(LabelledScenes(masks, crop=8), rcs, batch_size=2)
 
 
+@pytest.mark.fit
 def test_fit_resumed_mid_epoch_with_rcs_sees_the_same_stream(tmp_path: Path):
     straight = tmp_path / "straight.jsonl"
-    _trainer(tmp_path, [], enable_checkpointing=False).fit(
+    stream_trainer(tmp_path, [], enable_checkpointing=False).fit(
         Recorder(str(straight)), _rcs_resume_dm()
     )
     interrupted = tmp_path / "interrupted.jsonl"
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=7, save_top_k=-1)
     with pytest.raises(RuntimeError, match="pre-empted"):
-        _trainer(tmp_path, [checkpoint, Preempt(9)]).fit(
+        stream_trainer(tmp_path, [checkpoint, Preempt(9)]).fit(
             Recorder(str(interrupted)), _rcs_resume_dm()
         )
     resumed = tmp_path / "resumed.jsonl"
     ckpt = next((tmp_path / "ckpt").glob("*step=7.ckpt"))
-    _trainer(tmp_path, []).fit(Recorder(str(resumed)), _rcs_resume_dm(), ckpt_path=str(ckpt))
-    expected = _read(straight)
+    stream_trainer(tmp_path, []).fit(Recorder(str(resumed)), _rcs_resume_dm(), ckpt_path=str(ckpt))
+    expected = read_log(straight)
     assert len(expected) == 11
-    assert _read(interrupted)[:7] + _read(resumed) == expected
+    assert read_log(interrupted)[:7] + read_log(resumed) == expected
 
 
 # ------------------------------------------------------------------------------ cat_max_ratio

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from lightning_uda.methods import AdaptSegNetModule, AdvEntModule
-
-from .test_advent import _SaveWeights, advent_kwargs, cpu_trainer, toy32_datamodule
+from tests.helpers.methods import SaveWeights, advent_kwargs, cpu_trainer, toy32_datamodule
 
 
 def test_only_the_discriminator_input_hook_is_overridden():
@@ -45,6 +44,7 @@ def test_discriminators_see_the_softmax_of_the_upsampled_logits():
         module.discriminator_inputs({"main": logits}, (16, 16))
 
 
+@pytest.mark.fit
 def test_paper_weights_and_multi_level_training(tmp_path):
     torch.manual_seed(0)
     module = AdaptSegNetModule(
@@ -65,6 +65,8 @@ def test_paper_weights_and_multi_level_training(tmp_path):
         assert torch.isfinite(trainer.callback_metrics[key]), key
 
 
+@pytest.mark.fit
+@pytest.mark.ddp
 def test_ddp_two_processes_run(tmp_path):
     module = AdaptSegNetModule(**advent_kwargs())
     trainer = cpu_trainer(
@@ -72,7 +74,7 @@ def test_ddp_two_processes_run(tmp_path):
         max_steps=2,
         devices=2,
         strategy="ddp_fork_find_unused_parameters_true",
-        callbacks=[_SaveWeights(str(tmp_path))],
+        callbacks=[SaveWeights(str(tmp_path))],
     )
     trainer.fit(module, datamodule=toy32_datamodule())
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")

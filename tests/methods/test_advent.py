@@ -2,32 +2,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch import Callback
 from lightning.pytorch.plugins.precision import MixedPrecision
 
-from lightning_uda.data import UDADataModule
 from lightning_uda.methods import AdvEntModule
+from tests.helpers.methods import (
+    SaveWeights,
+    advent_kwargs,
+    cpu_trainer,
+    toy32_datamodule,
+)
 from tests.helpers.numerics import assert_equal_up_to_reassociation
-
-from .helpers import ToyScenes, cpu_trainer, tiny_module_kwargs
-
-
-def toy32_datamodule(batch_size: int = 2) -> UDADataModule:
-    # 32×32: the discriminator halves its input five times
-    return UDADataModule(
-        source=ToyScenes(8, seed=1, size=32),
-        target=ToyScenes(8, seed=2, shift=0.5, size=32),
-        val=ToyScenes(4, seed=3, shift=0.5, size=32),
-        batch_size=batch_size,
-        val_batch_size=4,
-        num_workers=0,
-    )
-
-
-def advent_kwargs(**overrides) -> dict:
-    kwargs = dict(tiny_module_kwargs(), discriminator_width=8)
-    kwargs.update(overrides)
-    return kwargs
 
 
 def _all_lrs(module: AdvEntModule) -> list[float]:
@@ -51,6 +35,7 @@ class CountingAdvEnt(AdvEntModule):
         super().discriminator_optimizer_step()
 
 
+@pytest.mark.fit
 def test_max_steps_means_iterations_and_both_poly_schedules_end_at_zero(tmp_path):
     torch.manual_seed(0)
     module = CountingAdvEnt(**advent_kwargs())
@@ -83,6 +68,7 @@ class NaiveAdvEnt(CountingAdvEnt):
         self.lr_schedulers()[1].step()
 
 
+@pytest.mark.fit
 def test_lightning_counts_every_lightning_optimizer_step(tmp_path):
     # Why AdvEnt bypasses LightningOptimizer for D: with Lightning 2.x, stepping two optimisers
     # that way counts two global steps per iteration, so max_steps=4 stops after 2 iterations.
@@ -133,6 +119,7 @@ class InstrumentedAdvEnt(AdvEntModule):
         self.events.append(("discriminator_step", _changed(before, self._params())))
 
 
+@pytest.mark.fit
 def test_generator_phase_leaves_discriminator_alone_and_d_phase_leaves_segmentor_alone(tmp_path):
     torch.manual_seed(0)
     module = InstrumentedAdvEnt(**advent_kwargs())
@@ -159,6 +146,7 @@ def test_generator_phase_leaves_discriminator_alone_and_d_phase_leaves_segmentor
         assert d_step == discriminator
 
 
+@pytest.mark.fit
 def test_resume_restores_discriminator_optimisers_and_schedules(tmp_path):
     kwargs = advent_kwargs(total_steps=3)  # the poly schedules' length, whatever max_steps is
     torch.manual_seed(0)
@@ -214,6 +202,7 @@ class RecordingScaler(torch.amp.GradScaler):
         return super().step(optimizer, *args, **kwargs)
 
 
+@pytest.mark.fit
 def test_both_optimisers_go_through_the_amp_scaler_with_their_own_loss_scale(tmp_path):
     # growth_interval=1: the scale doubles after every optimiser step, so a backward scaled before
     # another optimiser's step would be unscaled with the wrong factor.
@@ -249,6 +238,7 @@ class GradNormAdvEnt(CountingAdvEnt):
             self.segmentor_grad_norms.append(float(torch.cat(grads).norm()))
 
 
+@pytest.mark.fit
 def test_module_level_accumulation_and_clipping(tmp_path):
     module = GradNormAdvEnt(**advent_kwargs(accumulate_grad_batches=2, gradient_clip_val=1e-3))
     trainer = cpu_trainer(tmp_path, max_steps=2)
@@ -259,6 +249,7 @@ def test_module_level_accumulation_and_clipping(tmp_path):
     assert all(norm <= 1e-3 * (1 + 1e-4) for norm in module.segmentor_grad_norms)
 
 
+@pytest.mark.fit
 def test_trainer_level_accumulation_is_rejected_with_the_fix(tmp_path):
     module = AdvEntModule(**advent_kwargs())
     trainer = cpu_trainer(tmp_path, max_steps=2, accumulate_grad_batches=2)
@@ -333,6 +324,7 @@ def test_discriminator_loss_equals_advent_formula_on_both_domains(target_size):
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+@pytest.mark.fit
 def test_multi_level_segmentor_gets_an_auxiliary_discriminator(tmp_path):
     torch.manual_seed(0)
     module = AdvEntModule(
@@ -358,16 +350,8 @@ def test_multi_level_segmentor_gets_an_auxiliary_discriminator(tmp_path):
         assert torch.isfinite(trainer.callback_metrics[key]), key
 
 
-class _SaveWeights(Callback):
-    def __init__(self, out_dir: str) -> None:
-        self.out_dir = out_dir
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        # parameters only: BatchNorm running statistics are per rank (no SyncBatchNorm)
-        weights = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
-        torch.save(weights, f"{self.out_dir}/rank{trainer.global_rank}.pt")
-
-
+@pytest.mark.fit
+@pytest.mark.ddp
 def test_ddp_two_processes_keep_identical_segmentors_and_discriminators(tmp_path):
     module = AdvEntModule(**advent_kwargs())
     trainer = cpu_trainer(
@@ -375,7 +359,7 @@ def test_ddp_two_processes_keep_identical_segmentors_and_discriminators(tmp_path
         max_steps=3,
         devices=2,
         strategy="ddp_fork_find_unused_parameters_true",
-        callbacks=[_SaveWeights(str(tmp_path))],
+        callbacks=[SaveWeights(str(tmp_path))],
     )
     trainer.fit(module, datamodule=toy32_datamodule())
     rank0 = torch.load(tmp_path / "rank0.pt")
@@ -385,6 +369,8 @@ def test_ddp_two_processes_keep_identical_segmentors_and_discriminators(tmp_path
         assert torch.equal(value, rank1[key]), key
 
 
+@pytest.mark.fit
+@pytest.mark.ddp
 def test_ddp_without_unused_parameter_detection_is_rejected_with_the_fix(tmp_path):
     module = AdvEntModule(**advent_kwargs())
     trainer = cpu_trainer(tmp_path, max_steps=1, devices=2, strategy="ddp_fork")

@@ -5,12 +5,10 @@ import math
 import pytest
 import torch
 from lightning.pytorch import Trainer
-from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_uda.methods import SourceOnlyModule, poly_lr_factor
-
-from .helpers import cpu_trainer, tiny_module_kwargs, toy_datamodule
+from tests.helpers.methods import OneHotModel, cpu_trainer, tiny_module_kwargs, toy_datamodule
 
 
 def test_poly_lr_factor_closed_form():
@@ -22,20 +20,6 @@ def test_poly_lr_factor_closed_form():
     assert poly_lr_factor(0, 100, warmup_steps=10) == pytest.approx(0.1)
     assert poly_lr_factor(9, 100, warmup_steps=10) == pytest.approx(1.0)
     assert poly_lr_factor(10, 100, warmup_steps=10) == pytest.approx(0.9**0.9)
-
-
-class OneHotModel(nn.Module):
-    """Predicts the class id stored in channel 0 of the image (for hand-made confusion cases)."""
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.encoder = nn.Identity()
-        self.num_classes = num_classes
-        self.dummy = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        one_hot = nn.functional.one_hot(x[:, 0].long(), self.num_classes)
-        return one_hot.permute(0, 3, 1, 2).float() * 10 + self.dummy
 
 
 def test_mmcv_style_warmup_matches_its_formula():
@@ -53,6 +37,7 @@ def test_mmcv_style_warmup_matches_its_formula():
     assert factor(40_000) == 0.0
 
 
+@pytest.mark.fit
 def test_validation_miou_equals_hand_computed_confusion_matrix():
     # 3 classes; prediction and label over 8 pixels (one ignored):
     pred = torch.tensor([[0, 0, 1, 1, 2, 2, 0, 1]])
@@ -71,6 +56,7 @@ def test_validation_miou_equals_hand_computed_confusion_matrix():
     assert metrics["val/IoU/b"] == pytest.approx(75.0)
 
 
+@pytest.mark.fit
 def test_class_absent_everywhere_is_left_out_of_the_mean_and_subsets_are_reported():
     pred = torch.tensor([[0, 0, 1, 1]])
     label = torch.tensor([[0, 0, 1, 0]])  # class 2 never appears: no IoU, not a zero
@@ -88,6 +74,7 @@ def test_class_absent_everywhere_is_left_out_of_the_mean_and_subsets_are_reporte
     assert metrics["val/mIoU1"] == pytest.approx(50.0)
 
 
+@pytest.mark.fit
 def test_source_only_fits_with_finite_loss_and_poly_schedule(tmp_path):
     torch.manual_seed(0)
     module = SourceOnlyModule(**tiny_module_kwargs())
@@ -100,6 +87,7 @@ def test_source_only_fits_with_finite_loss_and_poly_schedule(tmp_path):
     assert [g["lr"] for g in module.optimizers().param_groups] == [0.0, 0.0]
 
 
+@pytest.mark.fit
 def test_trainer_level_accumulation_and_clipping_are_rejected_with_the_fix():
     module = SourceOnlyModule(**tiny_module_kwargs())
     trainer = Trainer(accelerator="cpu", max_steps=2, accumulate_grad_batches=2, logger=False)
@@ -110,6 +98,7 @@ def test_trainer_level_accumulation_and_clipping_are_rejected_with_the_fix():
         trainer.fit(module, datamodule=toy_datamodule())
 
 
+@pytest.mark.fit
 def test_module_level_accumulation_steps_every_k_batches(tmp_path):
     module = SourceOnlyModule(accumulate_grad_batches=2, **tiny_module_kwargs())
     trainer = cpu_trainer(tmp_path, max_steps=3)

@@ -8,9 +8,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_uda.methods import AdvEntModule, ClassMixModule, DACSModule, SourceOnlyModule
 from lightning_uda.methods.base import first_non_finite
-
-from .helpers import cpu_trainer, tiny_module_kwargs, toy_datamodule
-from .test_advent import toy32_datamodule
+from tests.helpers.methods import cpu_trainer, tiny_module_kwargs, toy32_datamodule, toy_datamodule
 
 
 def _all_finite(path) -> bool:
@@ -19,6 +17,7 @@ def _all_finite(path) -> bool:
 
 
 @pytest.mark.parametrize("module_cls", [DACSModule, AdvEntModule])
+@pytest.mark.fit
 def test_divergence_stops_before_a_non_finite_checkpoint(module_cls, tmp_path):
     kwargs = {**tiny_module_kwargs(), "lr": 1e8}  # diverges within a few steps
     if module_cls is AdvEntModule:
@@ -48,6 +47,7 @@ def test_first_non_finite_names_the_tensor():
     assert first_non_finite(model) == "0.weight"
 
 
+@pytest.mark.fit
 def test_evaluating_a_non_finite_model_raises(tmp_path):
     module = SourceOnlyModule(**tiny_module_kwargs())
     with torch.no_grad():
@@ -59,6 +59,7 @@ def test_evaluating_a_non_finite_model_raises(tmp_path):
 
 # ------------------------------------------------------------------ configuration, early
 @pytest.mark.parametrize("num_classes", [2, 25])
+@pytest.mark.fit
 def test_num_classes_is_checked_against_the_data_at_fit_start(num_classes, tmp_path):
     # 3-class toy data: 2 used to fail deep inside the loss, 25 trained silently
     module = SourceOnlyModule(**{**tiny_module_kwargs(), "num_classes": num_classes})
@@ -66,6 +67,7 @@ def test_num_classes_is_checked_against_the_data_at_fit_start(num_classes, tmp_p
         cpu_trainer(tmp_path, max_steps=1).fit(module, datamodule=toy_datamodule())
 
 
+@pytest.mark.fit
 def test_dacs_batch_shapes_are_checked_on_the_first_batch(tmp_path):
     # different source/target batch sizes used to fail only when the mixed loss started
     module = DACSModule(**tiny_module_kwargs(), mix_warmup_steps=300)
@@ -75,6 +77,7 @@ def test_dacs_batch_shapes_are_checked_on_the_first_batch(tmp_path):
     assert module.uda_step == 0, error.value
 
 
+@pytest.mark.fit
 def test_classmix_needs_two_target_images_per_device(tmp_path):
     module = ClassMixModule(**tiny_module_kwargs())
     datamodule = toy_datamodule(batch_size=2, target_batch_size=1)
@@ -82,6 +85,7 @@ def test_classmix_needs_two_target_images_per_device(tmp_path):
         cpu_trainer(tmp_path, max_steps=1).fit(module, datamodule=datamodule)
 
 
+@pytest.mark.fit
 def test_advent_needs_32_pixel_inputs_on_the_first_batch(tmp_path):
     module = AdvEntModule(**tiny_module_kwargs(), discriminator_width=4)
     with pytest.raises(ValueError, match="32×32"):

@@ -9,11 +9,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_uda.callbacks import EMATeacher, PseudoLabelThreshold
 from lightning_uda.methods import ClassMixModule, DACSModule
-
-from .helpers import cpu_trainer, tiny_module_kwargs, toy_datamodule
+from tests.helpers.methods import cpu_trainer, tiny_module_kwargs, toy_datamodule
 
 
 @pytest.mark.parametrize("module_cls", [DACSModule, ClassMixModule])
+@pytest.mark.fit
 def test_fits_with_finite_losses_and_default_callbacks(module_cls, tmp_path):
     torch.manual_seed(0)
     module = module_cls(**tiny_module_kwargs())
@@ -29,6 +29,7 @@ def test_fits_with_finite_losses_and_default_callbacks(module_cls, tmp_path):
     assert all(p.grad is None for p in module.teacher.parameters())
 
 
+@pytest.mark.fit
 def test_user_callbacks_are_kept_and_duplicates_rejected(tmp_path):
     module = DACSModule(**tiny_module_kwargs(), ema_alpha=0.5, ema_warmup=False)
     mine = EMATeacher(alpha=0.5, warmup=False)
@@ -60,6 +61,7 @@ def test_user_callbacks_are_kept_and_duplicates_rejected(tmp_path):
     ],
     ids=["ema_alpha", "ema_buffers", "threshold", "weighting"],
 )
+@pytest.mark.fit
 def test_a_trainer_callback_that_disagrees_with_the_module_is_an_error(
     tmp_path, callback, module_kwargs, named
 ):
@@ -70,6 +72,7 @@ def test_a_trainer_callback_that_disagrees_with_the_module_is_an_error(
         trainer.fit(module, datamodule=toy_datamodule())
 
 
+@pytest.mark.fit
 def test_teacher_equals_student_after_first_update_with_warmup(tmp_path):
     module = DACSModule(**tiny_module_kwargs())
     trainer = cpu_trainer(tmp_path, max_steps=1)
@@ -125,6 +128,7 @@ def _states(module):
     }
 
 
+@pytest.mark.fit
 def test_resume_from_mid_run_checkpoint_is_exact(tmp_path):
     """A DACS run stopped at step 3 and resumed ends where an uninterrupted 6-step run ends."""
     kwargs = tiny_module_kwargs()
@@ -161,6 +165,8 @@ class _SaveTeacher(Callback):
         )
 
 
+@pytest.mark.fit
+@pytest.mark.ddp
 def test_ddp_two_processes_keep_identical_teachers(tmp_path):
     module = DACSModule(**tiny_module_kwargs())
     trainer = cpu_trainer(

@@ -9,8 +9,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_uda.data import RareClassSampling
 from lightning_uda.methods import DACSModule, DAFormerModule, MICModule
-
-from .helpers import NUM_CLASSES, ToyScenes, cpu_trainer, tiny_module_kwargs, toy_datamodule
+from tests.helpers.methods import (
+    NUM_CLASSES,
+    ToyScenes,
+    cpu_trainer,
+    tiny_module_kwargs,
+    toy_datamodule,
+)
 
 
 def test_defaults_are_daformers_recipe():
@@ -76,6 +81,7 @@ def test_pseudo_label_crop_rows_and_a_crop_larger_than_the_image():
         DAFormerModule(**tiny_module_kwargs()).crop_pseudo_weights(torch.ones(1, 16, 16))
 
 
+@pytest.mark.fit
 def test_a_daformer_mit_model_trains_with_feature_distance():
     module = DAFormerModule(
         num_classes=NUM_CLASSES,
@@ -112,6 +118,7 @@ def _rcs_datamodule():
     return toy_datamodule(batch_size=4, rare_class_sampling=rcs)
 
 
+@pytest.mark.fit
 def test_resume_with_rare_class_sampling_is_exact(tmp_path):
     kwargs = {**tiny_module_kwargs(), "pseudo_label_crop": (1, 2), "warmup_steps": 2}
     torch.manual_seed(0)

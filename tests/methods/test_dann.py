@@ -11,8 +11,7 @@ from lightning_uda.data import UDADataModule
 from lightning_uda.losses import cross_entropy
 from lightning_uda.methods.dann import DANNModule, PixelDomainClassifier
 from lightning_uda.models import dann_coefficient, forward_with_features
-
-from .helpers import ToyScenes, cpu_trainer, tiny_module_kwargs, toy_datamodule
+from tests.helpers.methods import ToyScenes, cpu_trainer, tiny_module_kwargs, toy_datamodule
 
 # The loss hooks are called outside a Trainer here, where self.log() only warns.
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
@@ -94,6 +93,7 @@ def test_schedule_is_applied_and_at_step_0_the_features_get_no_adversarial_gradi
         torch.testing.assert_close(segmentor[n], p.grad, msg=n)
 
 
+@pytest.mark.fit
 def test_one_optimizer_group_for_d_and_it_is_checkpointed(tmp_path):
     torch.manual_seed(0)
     module = DANNModule(**tiny_module_kwargs(), hidden=16)
@@ -131,6 +131,7 @@ def test_one_optimizer_group_for_d_and_it_is_checkpointed(tmp_path):
 @pytest.mark.parametrize(
     ("arch", "channels"), [("unet", 512), ("deeplabv2", 512)], ids=["smp_unet", "deeplabv2"]
 )
+@pytest.mark.fit
 def test_other_segmentors_run_a_step(tmp_path, arch, channels):
     torch.manual_seed(0)
     module = DANNModule(
@@ -181,6 +182,8 @@ class _SaveState(Callback):
         )
 
 
+@pytest.mark.fit
+@pytest.mark.ddp
 def test_two_process_ddp_runs_and_keeps_d_in_sync(tmp_path):
     torch.manual_seed(0)
     module = DANNModule(**tiny_module_kwargs(), hidden=16)

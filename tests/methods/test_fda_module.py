@@ -13,8 +13,7 @@ from lightning_uda.methods.source_only import SourceOnlyModule
 from lightning_uda.mixing import fourier_domain_adaptation
 from lightning_uda.models import TinyUNet
 from lightning_uda.normalization import CAFFE, CAFFE_MEAN_BGR, IMAGENET
-
-from .helpers import cpu_trainer, tiny_module_kwargs, toy_datamodule
+from tests.helpers.methods import cpu_trainer, tiny_module_kwargs, toy_datamodule
 
 # The loss hooks are called outside a Trainer here, where self.log() only warns.
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
@@ -173,6 +172,7 @@ def test_defaults_and_bad_arguments():
 
 
 # ---------------------------------------------------------------------------------- training
+@pytest.mark.fit
 def test_fda_fits_with_finite_losses(tmp_path):
     torch.manual_seed(0)
     module = FDAModule(**tiny_module_kwargs(), fda_beta=0.1, ent_start_step=1)
@@ -199,6 +199,8 @@ class _SaveState(Callback):
         )
 
 
+@pytest.mark.fit
+@pytest.mark.ddp
 def test_two_process_ddp_runs(tmp_path):
     torch.manual_seed(0)
     module = FDAModule(**tiny_module_kwargs(), fda_beta=0.1)

@@ -23,8 +23,7 @@ from lightning_uda.methods.lsd_seg_losses import (
 )
 from lightning_uda.models.lsd_seg import LSDDiscriminator, LSDGenerator, PatchOutputs
 from lightning_uda.models.segmentor import forward_with_features
-
-from .helpers import NUM_CLASSES, cpu_trainer, tiny_module_kwargs, toy_datamodule
+from tests.helpers.methods import NUM_CLASSES, cpu_trainer, tiny_module_kwargs, toy_datamodule
 
 NETWORKS = ("model", "generator", "discriminator")
 
@@ -197,6 +196,7 @@ class RecordingLSD(LSDSegModule):
         super().discriminator_optimizer_step()
 
 
+@pytest.mark.fit
 def test_one_iteration_is_the_reference_update(tmp_path):
     """The reference: one forward of everything, then D, G and the segmentor each stepped on the
     gradient of its own loss. Recomputed here from a copy of the initial module."""
@@ -315,6 +315,7 @@ class InstrumentedLSD(LSDSegModule):
         self.events.append(("discriminator", _changed(before, _params(self))))
 
 
+@pytest.mark.fit
 def test_each_update_changes_only_its_own_network(tmp_path):
     torch.manual_seed(0)
     module = InstrumentedLSD(**lsd_kwargs(noise_channels=2))
@@ -338,6 +339,7 @@ def test_each_update_changes_only_its_own_network(tmp_path):
     assert trainer.global_step == module.uda_step == 2
 
 
+@pytest.mark.fit
 def test_accumulation_steps_the_three_networks_every_k_batches(tmp_path):
     torch.manual_seed(0)
     module = InstrumentedLSD(**lsd_kwargs(accumulate_grad_batches=2))
@@ -365,6 +367,7 @@ class RecordingScaler(torch.amp.GradScaler):
         return super().step(optimizer, *args, **kwargs)
 
 
+@pytest.mark.fit
 def test_each_optimiser_unscales_with_the_loss_scale_of_its_own_backward(tmp_path):
     # growth_interval=1: the scale doubles after every optimiser step, so a gradient scaled
     # before another optimiser's step would be unscaled with the wrong factor.
@@ -388,6 +391,7 @@ def test_each_optimiser_unscales_with_the_loss_scale_of_its_own_backward(tmp_pat
 
 
 # -------------------------------------------------------------------------------- short fit
+@pytest.mark.fit
 def test_short_fit_gives_finite_losses_and_counts_iterations(tmp_path):
     torch.manual_seed(0)
     module = LSDSegModule(**lsd_kwargs(noise_channels=2, mcc_weight=0.1))
@@ -427,6 +431,7 @@ def _network_states(module) -> dict[str, dict[str, torch.Tensor]]:
     }
 
 
+@pytest.mark.fit
 def test_resume_from_mid_run_checkpoint_is_bit_identical(tmp_path):
     kwargs = lsd_kwargs(noise_channels=2)  # dropout 0.5 and noise: the RNGs must resume too
     torch.manual_seed(0)
@@ -475,6 +480,8 @@ class _SaveNetworks(Callback):
         )
 
 
+@pytest.mark.fit
+@pytest.mark.ddp
 def test_ddp_two_processes_keep_all_three_networks_in_sync(tmp_path):
     # ddp_fork (2 CPU processes, gloo) starts fast; spawn when CUDA is already initialised.
     kind = "ddp_spawn" if torch.cuda.is_initialized() else "ddp_fork"
@@ -500,6 +507,8 @@ def test_ddp_two_processes_keep_all_three_networks_in_sync(tmp_path):
             assert torch.equal(value, rank1["networks"][net][key]), f"{net}.{key}"
 
 
+@pytest.mark.fit
+@pytest.mark.ddp
 def test_ddp_without_unused_parameter_detection_is_rejected_with_the_fix(tmp_path):
     kind = "ddp_spawn" if torch.cuda.is_initialized() else "ddp_fork"
     module = LSDSegModule(**lsd_kwargs())

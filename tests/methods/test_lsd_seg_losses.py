@@ -19,8 +19,7 @@ from lightning_uda.methods.lsd_seg_losses import (
     segmentation_cross_entropy,
 )
 from lightning_uda.models.lsd_seg import PatchOutputs
-
-from .helpers import NUM_CLASSES, tiny_module_kwargs
+from tests.helpers.methods import NUM_CLASSES, tiny_module_kwargs
 
 
 def test_uniform_domain_map_gives_ln4_per_patch_summed_or_averaged():

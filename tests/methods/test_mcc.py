@@ -5,8 +5,7 @@ import torch
 from torch import nn
 
 from lightning_uda.methods import MCCModule
-
-from .helpers import cpu_trainer, tiny_module_kwargs, toy_datamodule
+from tests.helpers.methods import cpu_trainer, tiny_module_kwargs, toy_datamodule
 
 # The loss hooks are called outside a Trainer here, where self.log() only warns.
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
@@ -48,6 +47,7 @@ def test_zero_weight_is_rejected():
         MCCModule(ConstantLogits(torch.zeros(3)), num_classes=3, mcc_weight=0.0)
 
 
+@pytest.mark.fit
 def test_mcc_fits_with_finite_losses(tmp_path):
     torch.manual_seed(0)
     module = MCCModule(**tiny_module_kwargs())

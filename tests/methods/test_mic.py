@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lightning_uda.losses import pixel_weighted_cross_entropy
 from lightning_uda.methods import DACSModule, MICModule
-
-from .helpers import cpu_trainer, tiny_module_kwargs, toy_datamodule
+from tests.helpers.methods import cpu_trainer, tiny_module_kwargs, toy_datamodule
 
 
 def _inputs():
@@ -66,6 +66,7 @@ def test_mic_defaults_and_training():
     assert DACSModule(**tiny_module_kwargs()).hparams.masked_consistency_weight == 0
 
 
+@pytest.mark.fit
 def test_mic_fits_with_a_finite_masked_loss(tmp_path):
     module = MICModule(**tiny_module_kwargs(), pseudo_label_crop=(0, 0), mask_block_size=4)
     trainer = cpu_trainer(tmp_path, max_steps=2)

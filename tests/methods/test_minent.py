@@ -7,8 +7,7 @@ import torch
 from torch import nn
 
 from lightning_uda.methods import MinEntModule
-
-from .helpers import cpu_trainer, tiny_module_kwargs, toy_datamodule
+from tests.helpers.methods import cpu_trainer, tiny_module_kwargs, toy_datamodule
 
 # The loss hooks are called outside a Trainer here, where self.log() only warns.
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
@@ -85,6 +84,7 @@ def test_multi_level_entropy_and_auxiliary_source_loss():
     assert float(source.detach()) == pytest.approx(-math.log(0.8) + 0.1 * math.log(2), rel=1e-6)
 
 
+@pytest.mark.fit
 def test_minent_fits_with_finite_losses(tmp_path):
     torch.manual_seed(0)
     module = MinEntModule(**tiny_module_kwargs())

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_uda.methods import DACSModule
+from tests.helpers.methods import cpu_trainer, tiny_module_kwargs, toy_datamodule
 
-from .helpers import cpu_trainer, tiny_module_kwargs, toy_datamodule
+pytestmark = [pytest.mark.fit, pytest.mark.ddp]
 
 
 class _SaveState(Callback):

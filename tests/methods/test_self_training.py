@@ -8,8 +8,7 @@ from torch import nn
 
 from lightning_uda.methods import ClassMixModule, DACSModule
 from lightning_uda.methods.self_training import batch_statistics
-
-from .helpers import cpu_trainer, tiny_module_kwargs, toy_datamodule
+from tests.helpers.methods import cpu_trainer, tiny_module_kwargs, toy_datamodule
 
 
 class BatchNormOnly(nn.Module):
@@ -64,6 +63,7 @@ def test_teacher_bn_is_validated():
 
 
 @pytest.mark.parametrize("module_cls", [DACSModule, ClassMixModule])
+@pytest.mark.fit
 def test_train_mode_teacher_fits(module_cls, tmp_path):
     module = module_cls(**tiny_module_kwargs(), teacher_bn="train")
     trainer = cpu_trainer(tmp_path, max_steps=2)
@@ -86,6 +86,7 @@ def test_pseudo_label_crop_zeroes_top_and_bottom_rows_after_q():
         DACSModule(**tiny_module_kwargs(), pseudo_label_crop=(-1, 0))
 
 
+@pytest.mark.fit
 def test_feature_distance_is_zero_at_the_start_and_grows_off_the_initial_encoder(tmp_path):
     module = DACSModule(
         **tiny_module_kwargs(), feature_distance_weight=0.005, feature_distance_classes=None
