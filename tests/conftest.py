@@ -48,39 +48,3 @@ def trainer_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     yield violations
     if violations:
         pytest.fail("\n".join(violations), pytrace=False)
-
-
-#: Markers of tests in modules that other work is rewriting now; move each into its module
-#: (``@pytest.mark.fit``) and delete it here. ``trainer_guard`` names any still missing.
-_PENDING_MARKS: dict[str, dict[str, tuple[str, ...]]] = {
-    "tests/test_demo.py": {
-        "test_demo_command_prints_the_table_and_writes_json": ("fit",),
-        "test_several_seeds_print_and_save_mean_and_std": ("fit",),
-        "test_single_seed_option_still_works": ("fit",),
-        "test_figure_has_one_column_per_requested_method": ("fit",),
-        "test_predictions_leave_training_unchanged": ("fit",),
-        "test_demo_hides_lightning_noise_and_restores_logging_and_warnings": ("fit",),
-        # trains in a subprocess, where the guard cannot see it
-        "test_command_prints_each_result_before_the_table_and_no_noise": ("fit",),
-        "test_source_only_learns_the_source_task": ("fit",),
-        "test_self_training_clearly_beats_source_only_on_the_target": ("fit",),
-        "test_alignment_matches_or_beats_source_only_on_the_target": ("fit",),
-        "test_oracle_is_the_upper_bound": ("fit",),
-    },
-    "tests/test_cli.py": {
-        "test_fit_from_the_demo_recipe_chooses_method_and_data_by_class_path": ("fit",),
-        "test_fit_ranks_checkpoints_by_the_selected_signal": ("fit",),
-    },
-    "tests/test_examples.py": {
-        "test_custom_method_zeroes_border_weights_and_trains": ("fit",),
-        "test_gta_example_trains_and_validates_on_real_format_files": ("fit",),
-    },
-}
-
-
-@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        pending = _PENDING_MARKS.get(item.nodeid.split("::")[0], {})
-        for name in pending.get(getattr(item, "originalname", item.name), ()):
-            item.add_marker(name)

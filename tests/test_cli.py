@@ -22,6 +22,7 @@ def _demo_yaml(tmp_path: Path, method: str = "dacs") -> Path:
     return path
 
 
+@pytest.mark.fit
 def test_fit_from_the_demo_recipe_chooses_method_and_data_by_class_path(tmp_path):
     main(
         [
@@ -97,6 +98,7 @@ def test_unlabelled_subset_is_fixed_and_in_file_order():
     assert unlabelled_subset(images, 50) is images
 
 
+@pytest.mark.fit
 def test_fit_ranks_checkpoints_by_the_selected_signal(tmp_path):
     """`checkpoints.select_by` through LightningCLI: the label-free signal is logged and ranks."""
     unlabelled = {
@@ -113,6 +115,7 @@ def test_fit_ranks_checkpoints_by_the_selected_signal(tmp_path):
             "--trainer.limit_val_batches=1",
             "--trainer.logger=false",
             "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}",  # LightningCLI writes config.yaml there
             "--data.init_args.source.init_args.num_images=32",
             "--data.init_args.target.init_args.num_images=32",
             "--data.init_args.val.init_args.num_images=8",

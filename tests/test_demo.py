@@ -38,6 +38,7 @@ MATCH_TOLERANCE = 1.0
 SELF_TRAINING_MARGIN = 5.0
 
 
+@pytest.mark.fit
 def test_demo_command_prints_the_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "demo.json"
     results = main(["--methods", "source_only", "--steps", "3", "--json", str(out)])
@@ -51,6 +52,7 @@ def test_demo_command_prints_the_table_and_writes_json(tmp_path, capsys):
     assert row["target_val_miou"] == pytest.approx(results[0].target_val_miou)
 
 
+@pytest.mark.fit
 def test_several_seeds_print_and_save_mean_and_std(tmp_path, capsys):
     out = tmp_path / "demo.json"
     argv = ["--methods", "source_only", "--steps", "3", "--seeds", "0", "1", "--json", str(out)]
@@ -84,6 +86,7 @@ def test_several_seeds_print_and_save_mean_and_std(tmp_path, capsys):
     assert len(row["target_val_iou"]) == 11
 
 
+@pytest.mark.fit
 def test_single_seed_option_still_works(tmp_path, capsys):
     out = tmp_path / "demo.json"
     results = main(["--methods", "oracle", "--steps", "2", "--seed", "3", "--json", str(out)])
@@ -96,6 +99,7 @@ def test_single_seed_option_still_works(tmp_path, capsys):
         main(["--seed", "1", "--seeds", "0", "1"])
 
 
+@pytest.mark.fit
 def test_figure_has_one_column_per_requested_method(tmp_path):
     methods = ["source_only", "minent", "oracle"]
     path = tmp_path / "figure.png"
@@ -150,6 +154,7 @@ def test_figure_needs_a_known_image_format(tmp_path):
         main(["--methods", "source_only", "--steps", "1", "--figure", str(tmp_path / "f.xyz")])
 
 
+@pytest.mark.fit
 def test_predictions_leave_training_unchanged():
     plain = run_method("source_only", steps=3, progress_bar=False)
     kept = run_method("source_only", steps=3, progress_bar=False, num_predictions=3)
@@ -170,6 +175,7 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+@pytest.mark.fit
 def test_demo_hides_lightning_noise_and_restores_logging_and_warnings(capfd):
     from lightning.pytorch import Trainer
 
@@ -207,6 +213,7 @@ def test_quiet_lightning_restores_the_state_when_the_run_fails():
     assert logger.level == level and warnings.filters == filters
 
 
+@pytest.mark.fit
 def test_command_prints_each_result_before_the_table_and_no_noise(tmp_path):
     # A fresh process: the real console output of `lightning-uda demo`, without pytest's capture.
     command = [sys.executable, "-m", "lightning_uda.cli", "demo"]
@@ -262,6 +269,7 @@ def test_unknown_method_is_rejected_with_the_choices():
         run_method("fixmatch", steps=1)
 
 
+@pytest.mark.fit
 def test_source_only_learns_the_source_task():
     # 11 classes: a model predicting only background scores ≈ 80/11 ≈ 7 mIoU, a uniform guess
     # less. After 300 steps (measured: 37) it must be far above that; after the full 1,000 ≈ 89.
@@ -275,6 +283,7 @@ def source_only_result():
     return run_method("source_only", progress_bar=False)
 
 
+@pytest.mark.fit
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["dacs", "classmix"])
 def test_self_training_clearly_beats_source_only_on_the_target(method, source_only_result):
@@ -283,6 +292,7 @@ def test_self_training_clearly_beats_source_only_on_the_target(method, source_on
     assert gain >= SELF_TRAINING_MARGIN, (adapted, source_only_result)
 
 
+@pytest.mark.fit
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["minent", "advent", "mcc"])
 def test_alignment_matches_or_beats_source_only_on_the_target(method, source_only_result):
@@ -293,6 +303,7 @@ def test_alignment_matches_or_beats_source_only_on_the_target(method, source_onl
     )
 
 
+@pytest.mark.fit
 @pytest.mark.slow
 def test_oracle_is_the_upper_bound(source_only_result):
     oracle = run_method("oracle", progress_bar=False)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.methods.helpers import cpu_trainer, tiny_module_kwargs, toy_datamodule
+from tests.helpers.methods import cpu_trainer, tiny_module_kwargs, toy_datamodule
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 

@@ -8,42 +8,24 @@ import importlib.util
 import io
 import os
 import shlex
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 
 from lightning_uda.cli import main as cli_main
+from tests.helpers.examples import EXAMPLES, gta_and_cityscapes, load_example
+from tests.helpers.methods import cpu_trainer, tiny_module_kwargs, toy_datamodule
 
-from .methods.helpers import cpu_trainer, tiny_module_kwargs, toy_datamodule
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 METHODS = sorted(p.stem for p in (EXAMPLES / "recipes" / "methods").glob("*.yaml"))
 DEEPLAB = [m for m in METHODS if m not in ("daformer", "mic", "lsd_seg")]
-FRAME = "frankfurt_000000_000294"
-
-
-def _load(name: str):
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(EXAMPLES))
 
 
 @pytest.fixture(scope="module")
 def common():
-    return _load("_common")
+    return load_example("_common")
 
 
 def _print_recipe(common, *argv: str, source: str = "gta5") -> tuple[dict, str]:
@@ -65,8 +47,9 @@ def _transform(config: dict, split: str) -> dict:
     return config["data"]["init_args"][split]["init_args"]["transform"]["init_args"]
 
 
+@pytest.mark.fit
 def test_custom_method_zeroes_border_weights_and_trains(tmp_path):
-    example = _load("custom_method")
+    example = load_example("custom_method")
     module = example.BorderMaskedDACS(border=2, **tiny_module_kwargs())
     images = torch.randn(2, 3, 16, 16)
     _, weights = module.pseudo_label(images)
@@ -404,6 +387,7 @@ def test_every_recipe_refuses_random_weights_naming_its_file(common, tmp_path, m
     common.refuse_random_init("mic", recipe, from_scratch=False)  # the file is there: returns
 
 
+@pytest.mark.fit
 @pytest.mark.parametrize(
     ("example", "method"),
     [("gta_to_cityscapes", "dacs"), ("gta_to_cityscapes", "advent"),
@@ -459,36 +443,10 @@ def test_front_flags_are_overrides_of_the_recipe_keys(common, tmp_path):
 
 
 # ------------------------------------------------------------------ a real (tiny) run
-def _gta_and_cityscapes(root: Path, fixtures: Path) -> None:
-    mini = fixtures / "cityscapes_mini"
-    city = root / "cityscapes"
-    for split in ("train", "val"):
-        for kind, suffix in (("leftImg8bit", "leftImg8bit"), ("gtFine", "gtFine_labelIds")):
-            folder = city / kind / split / "frankfurt"
-            folder.mkdir(parents=True)
-            for i in range(2):
-                shutil.copy(
-                    mini / kind / "val" / "frankfurt" / f"{FRAME}_{suffix}.png",
-                    folder / f"frankfurt_000000_00000{i}_{suffix}.png",
-                )
-    ids = np.array(Image.open(mini / "gtFine/val/frankfurt" / f"{FRAME}_gtFine_labelIds.png"))
-    (root / "gta5" / "images").mkdir(parents=True)
-    (root / "gta5" / "labels").mkdir()
-    for i in range(2):
-        shutil.copy(
-            mini / "leftImg8bit/val/frankfurt" / f"{FRAME}_leftImg8bit.png",
-            root / "gta5" / "images" / f"0000{i}.png",
-        )
-        # a paletted PNG whose indices are the ids (saved without a palette, Pillow would
-        # rewrite the indices: the label check caught exactly that here)
-        label = Image.fromarray(ids)
-        label.putpalette([(v * 37) % 256 for v in range(768)])
-        label.save(root / "gta5" / "labels" / f"0000{i}.png")
-
-
+@pytest.mark.fit
 @pytest.mark.slow
 def test_gta_example_trains_and_validates_on_real_format_files(common, tmp_path, fixtures_root):
-    _gta_and_cityscapes(tmp_path / "data", fixtures_root)
+    gta_and_cityscapes(tmp_path / "data", fixtures_root)
     args = common.parse_args(
         "x",
         [

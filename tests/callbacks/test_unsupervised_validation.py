@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -303,43 +304,55 @@ def common():
 
 
 def test_example_select_by_prints_the_choice(common, capsys):
-    args = common.parse_args("x", ["--method", "dacs", "--print-recipe"])
-    assert args.select_by == "val_unsup/entropy"  # the default: label-free
-    common.run(args, source_factory=None, source_name="gta5")
-    assert "best checkpoint by val_unsup/entropy (lower is better" in capsys.readouterr().out
+    common.run(common.parse_args("x", ["--method", "dacs", "--print-recipe"]), source="gta5")
+    assert "model selection: val_unsup/entropy (label-free" in capsys.readouterr().out
     labelled = common.parse_args(
         "x", ["--method", "dacs", "--print-recipe", "--select-by", "val/mIoU"]
     )
-    common.run(labelled, source_factory=None, source_name="gta5")
-    assert "selecting by labelled target val (val/mIoU): that is target supervision" in (
+    common.run(labelled, source="gta5")
+    assert "model selection: val/mIoU (labelled target val: target supervision)" in (
         capsys.readouterr().out
     )
-    assert set(common.SELECT_BY) == {"val/mIoU", *(f"val_unsup/{n}" for n in SIGNALS)}
+    assert {"val/mIoU", *(f"val_unsup/{n}" for n in SIGNALS)} <= set(common.SELECT_BY)
     argv = ["--method", "dacs", "--print-recipe", "--select-by", "val_unsup/agreement"]
-    common.run(common.parse_args("x", argv), source_factory=None, source_name="gta5")
+    common.run(common.parse_args("x", argv), source="gta5")
     out = capsys.readouterr().out
-    assert "best checkpoint by val_unsup/agreement (higher is better" in out
+    assert "model selection: val_unsup/agreement (label-free" in out
     assert "target supervision" not in out
     with pytest.raises(SystemExit):
         common.parse_args("x", ["--print-recipe", "--select-by", "val_unsup/nothing"])
-    advent = common.parse_args(
-        "x", ["--method", "advent", "--print-recipe", "--select-by", "val_unsup/agreement"]
-    )
-    with pytest.raises(SystemExit, match="no EMA teacher"):
-        common.run(advent, source_factory=None, source_name="gta5")
 
 
-def test_example_unlabelled_subset_is_fixed_and_has_no_labels(common, tmp_path, fixtures_root):
-    from lightning_uda.data import preset
+def test_agreement_needs_an_ema_teacher():
+    from lightning_uda.cli import _check_agreement
+    from lightning_uda.methods import AdvEntModule
+
+    settings = {"select_by": "val_unsup/agreement"}
+    with pytest.raises(ValueError, match="no EMA teacher"):
+        _check_agreement(settings, AdvEntModule(**tiny_module_kwargs()))
+    _check_agreement(settings, DACSModule(**tiny_module_kwargs()))  # has one
+
+
+def test_example_unlabelled_subset_is_fixed_and_has_no_labels(tmp_path, fixtures_root, capsys):
+    # the data layer's unlabelled images, built as the CLI builds them, on real-format files
+    import yaml
+    from jsonargparse import ArgumentParser
+    from torch.utils.data import Dataset
+
+    from lightning_uda.cli import unlabelled_subset
 
     gta_and_cityscapes(tmp_path, fixtures_root)  # 2 Cityscapes train frames
-    root, transform = tmp_path / "cityscapes", preset("cityscapes_val")
-    subset = common.unlabelled_selection_images(root, transform, "imagenet", count=1)
-    again = common.unlabelled_selection_images(root, transform, "imagenet", count=1)
+    layer = Path(__file__).resolve().parents[2] / "examples/recipes/data/gta5_cityscapes.yaml"
+    config = yaml.safe_load(layer.read_text())["checkpoints"]["unlabelled"]
+    config["init_args"]["root"] = str(tmp_path / "cityscapes")
+    parser = ArgumentParser()
+    parser.add_argument("--unlabelled", type=Dataset)
+    images = parser.instantiate_classes(parser.parse_object({"unlabelled": config})).unlabelled
+    subset, again = unlabelled_subset(images, 1), unlabelled_subset(images, 1)
     assert isinstance(subset, Subset) and len(subset) == 1 and subset.indices == again.indices
     item = subset[0]
     assert set(item) == {"image"} and tuple(item["image"].shape) == (3, 512, 1024)
-    assert len(common.unlabelled_selection_images(root, transform, "imagenet")) == 2
+    assert len(unlabelled_subset(images, 500)) == 2
 
 
 @pytest.mark.slow
@@ -350,13 +363,7 @@ def test_gta_example_selects_by_an_unsupervised_signal(common, tmp_path, fixture
     argv += ["--from-scratch", "--accelerator", "cpu", "--max-steps", "1", "--val-every", "1"]
     argv += ["--num-workers", "0", "--output", str(tmp_path / "out")]
     args = common.parse_args("x", [*argv, "--select-by", "val_unsup/entropy"])
-    from lightning_uda.data import GTA5
-
-    common.run(
-        args,
-        source_factory=lambda root, **kwargs: GTA5(root / "gta5", **kwargs),
-        source_name="gta5",
-    )
+    common.run(args, source="gta5")
     names = sorted(p.name for p in (tmp_path / "out").rglob("*.ckpt"))
     assert "last.ckpt" in names
     best = [n for n in names if n.startswith("step")]
