@@ -73,6 +73,7 @@ adversarial`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -178,8 +179,17 @@ class LSDSegModule(AdversarialMixin, UDAModule):
         noise_channels: int = 0,
         dropout: float = 0.5,
         pixel_reduction: PixelReduction = "mean",
+        reduction: PixelReduction | None = None,
         **kwargs: Any,
     ) -> None:
+        if reduction is not None:  # the argument's former name (and older checkpoints' hparams)
+            warnings.warn(
+                f"{type(self).__name__}(reduction={reduction!r}) is now pixel_reduction="
+                f"{reduction!r}; the old name will be removed.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            pixel_reduction = reduction
         super().__init__(model, **kwargs)
         owner = type(self).__name__
         for name, value in (

@@ -213,6 +213,8 @@ class SelfTrainingModule(MeanTeacher, UDAModule):
         """Source CE, plus DAFormer's ImageNet feature distance when it is on (one forward)."""
         if self.imnet_encoder is None:
             return super().source_loss(source)
+        # imported here: daformer.py builds DAFormerModule on this module (an import cycle at
+        # the top), and keeps the feature distance beside the recipe it belongs to
         from lightning_uda.methods.daformer import source_loss_with_feature_distance
 
         return source_loss_with_feature_distance(self, source)
@@ -277,6 +279,7 @@ class SelfTrainingModule(MeanTeacher, UDAModule):
 
     def masked_consistency_loss(self, images: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
         """MIC's loss on the target (:func:`lightning_uda.methods.mic.masked_consistency_loss`)."""
+        # imported here: mic.py builds MICModule on DAFormer, which is built on this module
         from lightning_uda.methods.mic import masked_consistency_loss
 
         return masked_consistency_loss(self, images, labels, weights)

@@ -610,3 +610,9 @@ def test_network_shapes_and_argument_checks():
         LSDGenerator(())
     with pytest.raises(ValueError, match="dropout"):
         LSDDiscriminator(num_classes=3, dropout=1.5)
+
+
+def test_the_former_reduction_argument_is_accepted_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="now pixel_reduction='sum'"):
+        module = LSDSegModule(**lsd_kwargs(), reduction="sum")
+    assert module.pixel_reduction == "sum" and module.hparams.pixel_reduction == "sum"
