@@ -16,36 +16,11 @@ the source CE plus *domain confusion* (a source reconstruction should look like 
 image and vice versa) and D's classes on the source reconstructions, through G and D. G and D:
 Adam, lr 1e-4, betas (0.7, 0.999), constant learning rate (the reference schedules neither).
 
-**What each update sees, and the order.** The reference computes every output once per
-iteration (segmentor, G, D on the four images), before any update, then steps D, G and the
-segmentor in turn, each on the gradient of its own loss (it zeroes the other networks'
-gradients before each backward, and detaches nothing). So every loss is a loss of the
-*pre-update* networks. Modern autograd does not allow back-propagating through weights an
-optimiser has changed in place, and DDP needs each backward to reach only the network it
-updates, so here each update has its own forward, with the other networks frozen
-(``requires_grad`` off, :func:`~lightning_uda.methods.adversarial.frozen`) or their outputs
-detached, and the networks are stepped in the order segmentor → G → D, which keeps every forward
-on the pre-update weights (the iteration of :class:`~lightning_uda.methods.adversarial.
-AdversarialMixin`, with G and D as the adversaries):
-
-1. segmentor forward on both domains; G and D frozen: reconstructions and D's maps; segmentor
-   loss; backward (segmentor gradients only); segmentor step;
-2. G on the *detached* features (computed before the segmentor's step), D frozen; G loss;
-   backward (G only); G step;
-3. D on the real images and the *detached* reconstructions of step 2; D loss; backward (D only);
-   D step.
-
-Each network is stepped after every forward that uses it (the segmentor is used in step 1, G in
-1–2, D in 1–3), so all three losses and gradients are those of the reference's single forward,
-and the updates are the reference's D → G → segmentor updates (the optimisers are independent,
-so their order does not change the result). Two details of the reference are not reproduced:
-(a) with PyTorch 0.x's untracked in-place ``.data`` updates, its G and segmentor gradients are
-back-propagated through D's (and G's) *already updated* weights while its forward values are the
-old ones; here every gradient is the gradient of the computed loss; (b) its three losses share
-one dropout mask per network, here each forward draws its own (G and D have dropout 0.5 in their
-residual blocks). Each backward is followed at once by its own optimiser's step, so under
-``16-mixed`` every gradient is unscaled with the loss scale it was scaled with (with
-``accumulate_grad_batches > 1`` see :mod:`lightning_uda.methods.adversarial`).
+**What each update sees, and the order** (``docs/design.md``, "LSD-seg's update order"): each
+update has its own forward with the other networks frozen or their outputs detached, stepped
+segmentor → G → D, so that every loss and gradient is that of the reference's single forward on
+the pre-update networks (the iteration of :class:`~lightning_uda.methods.adversarial.
+AdversarialMixin`, with G and D as the adversaries).
 
 **Where the library differs from the reference.**
 
