@@ -189,11 +189,7 @@ class AdversarialMixin:
     def adversary_backward(self, name: str, loss: Tensor, hint: str) -> None:
         """Back-propagate an adversary's ``loss`` (scaled for gradient accumulation), after
         checking it is finite (``hint``: the argument to lower when it is not)."""
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"{type(self).__name__}: the '{name}' loss is {loss.item()} at step "
-                f"{self.uda_step}; lower {hint} or check the inputs."
-            )
+        self.check_loss(name, loss, lower=hint)
         self.manual_backward(loss / self.hparams.accumulate_grad_batches)
 
     def adversary_optimizer_step(self, index: int, name: str) -> None:

@@ -142,12 +142,13 @@ class TrainingGuards:
             )
 
     # ------------------------------------------------------------------ finite state
-    def check_loss(self, name: str, loss: Tensor) -> None:
-        """Raise ``FloatingPointError`` if the loss ``name`` is not finite (before its backward)."""
+    def check_loss(self, name: str, loss: Tensor, lower: str = "the learning rate") -> None:
+        """Raise ``FloatingPointError`` if the loss ``name`` is not finite (before its backward),
+        naming what to ``lower`` (e.g. an adversary's ``discriminator_lr``)."""
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"{type(self).__name__}: the '{name}' loss is {loss.item()} at step "
-                f"{self.uda_step}; lower the learning rate or check the inputs."
+                f"{self.uda_step}; lower {lower} or check the inputs."
             )
 
     def check_finite_state(self, part: str | None = None) -> None:
