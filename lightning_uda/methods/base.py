@@ -44,6 +44,7 @@ from lightning_uda.losses import (
     MinimumClassConfusionLoss,
     cross_entropy,
     pixel_weighted_cross_entropy,
+    upsample_logits,
 )
 from lightning_uda.methods.evaluation import Evaluation
 from lightning_uda.methods.guards import TrainingGuards, first_non_finite
@@ -195,12 +196,12 @@ class UDAModule(Optimization, ExactResume, Evaluation, TrainingGuards, Lightning
             if normalization is not None
             else getattr(model, "input_normalization", None)
         )
+        self.align_corners = bool(align_corners)
         self.init_evaluation(
             num_classes=num_classes,
             ignore_index=ignore_index,
             class_names=class_names,
             class_subsets=class_subsets,
-            align_corners=align_corners,
             inference=inference,
             slide_window=slide_window,
             slide_stride=slide_stride,
@@ -219,6 +220,11 @@ class UDAModule(Optimization, ExactResume, Evaluation, TrainingGuards, Lightning
     def forward(self, images: Tensor) -> Tensor:
         """Student logits ``B×K×h×w`` (not upsampled) for normalised images ``B×3×H×W``."""
         return self.model(images)
+
+    def upsample(self, logits: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+        """``B×K×h×w`` logits → ``B×K×H×W`` with the module's ``align_corners`` rule (losses,
+        pseudo-labels and evaluation alike)."""
+        return upsample_logits(logits, size, align_corners=self.align_corners)
 
     # ------------------------------------------------------------------ the losses
     def source_loss(self, source: Mapping[str, Tensor]) -> Tensor:

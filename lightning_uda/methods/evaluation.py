@@ -15,7 +15,8 @@ averaged: :func:`lightning_uda.inference.sliding_window_logits`) for images larg
 training crop.
 
 A mixin of :class:`~lightning_uda.methods.UDAModule`; its state (the metrics, the last results)
-is created by :meth:`Evaluation.init_evaluation`.
+is created by :meth:`Evaluation.init_evaluation`, and logits are upsampled with the module's own
+rule (``UDAModule.upsample``, ``align_corners``), the one its losses use.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from lightning_uda.inference import INFERENCE_MODES, sliding_window_logits
-from lightning_uda.losses import upsample_logits
 from lightning_uda.methods.guards import first_non_finite
 
 
@@ -43,7 +43,6 @@ class Evaluation:
         ignore_index: int,
         class_names: Sequence[str] | None,
         class_subsets: Mapping[str, Sequence[int]] | None,
-        align_corners: bool,
         inference: str,
         slide_window: tuple[int, int],
         slide_stride: tuple[int, int],
@@ -59,7 +58,6 @@ class Evaluation:
                 raise ValueError(f"{owner}: {name} must be (height, width) >= 1, got {pair!r}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.align_corners = bool(align_corners)
         self.inference = inference
         self.slide_window = (int(slide_window[0]), int(slide_window[1]))
         self.slide_stride = (int(slide_stride[0]), int(slide_stride[1]))
@@ -84,10 +82,6 @@ class Evaluation:
         self.last_confusion: dict[str, Tensor] = {}
 
     # ------------------------------------------------------------------ inference
-    def upsample(self, logits: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
-        """``B×K×h×w`` logits → ``B×K×H×W`` with the module's ``align_corners`` rule."""
-        return upsample_logits(logits, size, align_corners=self.align_corners)
-
     def infer(self, images: Tensor) -> Tensor:
         """Evaluation logits of the student: one forward (``inference="whole"``, at the model's
         output stride) or averaged sliding windows (``"slide"``, at the image resolution)."""
