@@ -26,7 +26,11 @@ from lightning_uda.models.deeplabv2 import DeepLabV2
 from lightning_uda.models.tiny_unet import TinyUNet
 
 #: Our own architectures; any other name is looked up in ``smp.MODEL_ARCHITECTURES_MAPPING``.
-_OWN_ARCHS = ("tiny_unet", "deeplabv2", "daformer")
+_OWN_ARCHS = (
+    "tiny_unet",
+    "deeplabv2",
+    "daformer",
+)
 
 
 def forward_with_features(model: nn.Module, images: Tensor) -> tuple[Tensor, list[Tensor]]:
