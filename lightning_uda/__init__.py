@@ -5,6 +5,7 @@ and mixing functions. See README.md for the quickstart and docs/design.md for th
 """
 
 from lightning_uda.callbacks import (
+    BenchmarkPredictionWriter,
     CheckpointError,
     ChecksummedCheckpointIO,
     CityscapesPredictionWriter,
@@ -15,10 +16,14 @@ from lightning_uda.callbacks import (
 )
 from lightning_uda.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from lightning_uda.data import (
+    ACDC,
+    BDD100K,
     GTA5,
     SYNTHIA,
     Cityscapes,
+    DarkZurich,
     DigitScenes,
+    MapillaryVistas,
     RareClassSampling,
     SegmentationFolder,
     UDADataModule,
@@ -40,6 +45,7 @@ from lightning_uda.methods import (
     DAFormerModule,
     DANNModule,
     FDAModule,
+    HRDAModule,
     LSDSegModule,
     MCCModule,
     MICModule,
@@ -47,6 +53,8 @@ from lightning_uda.methods import (
     SelfTrainingModule,
     SourceOnlyModule,
     UDAModule,
+    VFMUDAModule,
+    VFMUDAPlusPlusModule,
 )
 from lightning_uda.mixing import (
     StrongAugment,
@@ -56,12 +64,15 @@ from lightning_uda.mixing import (
     mix,
 )
 from lightning_uda.models import (
+    HRDA,
     DAFormer,
     DeepLabV2,
     Discriminator,
     GradientReversal,
     TinyUNet,
+    VFMSegmentor,
     build_segmentor,
+    fuse_scales,
 )
 from lightning_uda.normalization import CAFFE, IMAGENET, InputNormalization, get_normalization
 
@@ -69,16 +80,24 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GTA5",
+    "ACDC",
+    "BDD100K",
+    "BenchmarkPredictionWriter",
+    "DarkZurich",
+    "MapillaryVistas",
     "AdaptSegNetModule",
     "DAFormer",
     "DAFormerModule",
     "DANNModule",
     "FDAModule",
+    "HRDA",
+    "HRDAModule",
     "GradientReversal",
     "LSDSegModule",
     "RareClassSampling",
     "UnsupervisedValidation",
     "fourier_domain_adaptation",
+    "fuse_scales",
     "AdvEntModule",
     "CheckpointError",
     "ChecksummedCheckpointIO",
@@ -112,6 +131,9 @@ __all__ = [
     "TinyUNet",
     "UDADataModule",
     "UDAModule",
+    "VFMSegmentor",
+    "VFMUDAModule",
+    "VFMUDAPlusPlusModule",
     "block_mask",
     "build_segmentor",
     "class_mix_mask",

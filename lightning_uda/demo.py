@@ -5,8 +5,13 @@ Each method trains from the same seed for the same number of steps on the demo d
 *student* is evaluated on the labelled source val and target val splits. ``oracle`` is SourceOnly
 trained on the labelled target train split: the upper bound.
 
-    lightning-uda demo [--methods M ...] [--steps N] [--seed S | --seeds S ...] [--json PATH]
-                       [--figure PATH.png] [--figure-rows R] [--no-progress-bar] [--print-recipe]
+    lightning-uda demo [--methods M ... | --methods all] [--steps N] [--seed S | --seeds S ...]
+                       [--json PATH] [--figure PATH.png | --no-figure] [--figure-rows R]
+                       [--no-progress-bar] [--print-recipe]
+
+Without ``--methods`` the demo runs :data:`~lightning_uda.recipes.demo.DEFAULT_METHODS` (one row
+per family and the two bounds, SourceOnly first so that a first result comes within a minute);
+``--methods all`` runs every row.
 
 The rows' settings are the demo recipe, :mod:`lightning_uda.recipes.demo` (a base layer and one
 method layer per row, in LightningCLI's layout); ``--print-recipe`` prints each as a config that
@@ -14,9 +19,12 @@ method layer per row, in LightningCLI's layout); ``--print-recipe`` prints each 
 
 Each run prints one line as soon as it is evaluated; with several seeds (``--seeds 0 1 2``) each
 method's mean ± sample standard deviation follows its last seed, and the table and the JSON hold
-both the means and the per-seed values. ``--figure`` draws the first target-val scenes with each
-method's prediction (models of the first seed) and a bar chart of target-val mIoU (mean over the
-seeds), see :func:`lightning_uda.figures.segmentation_figure`.
+both the means and the per-seed values. The figure (``--figure``, default
+``lightning-uda-demo.png`` in the current folder, its path printed; ``--no-figure`` skips it)
+draws the first target-val scenes with each method's prediction (models of the first seed) in
+the dataset's palette and a bar chart of target-val mIoU (mean over the seeds), see
+:func:`lightning_uda.figures.segmentation_figure`. Each run shows one progress bar, in training
+steps with the time left (:class:`~lightning_uda.callbacks.progress.RunProgressBar`).
 
 Lightning's start-up banners and tips, third-party deprecation warnings and the progress bar of
 the rare-class statistics are silenced while a demo run trains (:func:`quiet_lightning`); the
@@ -41,10 +49,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
-from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 from torch.utils.data import DataLoader
 
+from lightning_uda.callbacks.progress import RunProgressBar
 from lightning_uda.data.demo import (
     DigitScenes,
     demo_datamodule,
@@ -62,6 +69,7 @@ from lightning_uda.demo_results import (  # noqa: F401 (re-exported)
 )
 from lightning_uda.methods import UDAModule
 from lightning_uda.recipes.demo import (  # noqa: F401 (DEMO_BATCH_SIZE, DEMO_RECIPE re-exported)
+    DEFAULT_METHODS,
     DEMO_BATCH_SIZE,
     DEMO_METHODS,
     DEMO_RECIPE,
@@ -74,6 +82,8 @@ if TYPE_CHECKING:
 
 #: Scenes (rows) in the ``--figure`` grid by default.
 FIGURE_ROWS = 4
+#: Where the figure goes without ``--figure`` (the current folder).
+DEFAULT_FIGURE = Path("lightning-uda-demo.png")
 
 #: Loggers whose INFO records (device banners, "💡 Tip: ...", "`Trainer.fit` stopped") the demo
 #: hides; warnings and errors still show.
@@ -118,24 +128,6 @@ def quiet_lightning() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
-
-
-class _DemoProgressBar(TQDMProgressBar):
-    """Lightning's training bar, labelled with the run (``"dacs, seed 0"``) instead of "Epoch 0"."""
-
-    def __init__(self, label: str) -> None:
-        super().__init__()
-        self.label = label
-
-    @property
-    def train_description(self) -> str:
-        return self.label
-
-    def on_train_epoch_start(self, trainer: Trainer, *_: Any) -> None:
-        # TQDMProgressBar's, without drawing "Epoch 0" first (the demo trains in one epoch)
-        bar = self.train_progress_bar
-        bar.set_description(self.label, refresh=False)
-        bar.reset(total=convert_inf(self.total_train_batches))
 
 
 def _evaluate(module: UDAModule, loader: DataLoader) -> torch.Tensor:
@@ -241,7 +233,7 @@ def _run_method(
         enable_model_summary=False,
         enable_progress_bar=progress_bar,
         callbacks=[
-            *([_DemoProgressBar(f"{name}, seed {seed}")] if progress_bar else []),
+            *([RunProgressBar(description=f"{name}, seed {seed}")] if progress_bar else []),
             *callbacks,
         ],
         num_sanity_val_steps=0,
@@ -315,10 +307,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--methods",
         nargs="+",
-        default=list(DEMO_METHODS),
-        choices=list(DEMO_METHODS),
+        default=list(DEFAULT_METHODS),
+        choices=[*DEMO_METHODS, "all"],
         metavar="METHOD",
-        help=f"methods to run, of: {', '.join(DEMO_METHODS)} (default: all)",
+        help=f"methods to run, of: {', '.join(DEMO_METHODS)}; 'all' for every row (default: "
+        f"{' '.join(DEFAULT_METHODS)}, about 7 minutes on two cores)",
     )
     parser.add_argument(
         "--steps",
@@ -340,14 +333,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", type=Path, default=None, metavar="PATH", help="also write the results as JSON"
     )
-    parser.add_argument(
+    figure = parser.add_mutually_exclusive_group()
+    figure.add_argument(
         "--figure",
         type=Path,
-        default=None,
+        default=DEFAULT_FIGURE,
         metavar="PATH",
-        help="also draw target-val scenes, each method's predictions and a target mIoU bar "
-        "chart into this image (PNG)",
+        help="draw target-val scenes, each method's predictions and a target mIoU bar chart "
+        f"into this image (PNG; default: {DEFAULT_FIGURE})",
     )
+    figure.add_argument("--no-figure", action="store_true", help="do not draw the figure")
     parser.add_argument(
         "--figure-rows",
         type=int,
@@ -377,7 +372,11 @@ def main(argv: Sequence[str] | None = None) -> list[DemoResult]:
     seeds = args.seeds if args.seeds is not None else [0 if args.seed is None else args.seed]
     if len(set(seeds)) != len(seeds):
         parser.error(f"--seeds must be distinct, got {seeds}")
+    if "all" in args.methods:
+        args.methods = list(DEMO_METHODS)
     methods = list(dict.fromkeys(args.methods))  # a repeated method runs once
+    if args.no_figure:
+        args.figure = None
     if args.print_recipe:
         print_recipes(methods, steps=args.steps, seed=seeds[0])
         return []
@@ -392,7 +391,12 @@ def main(argv: Sequence[str] | None = None) -> list[DemoResult]:
     width = max(len(m) for m in methods)
     print(
         f"lightning-uda demo: {len(methods)} method(s) × {len(seeds)} seed(s), "
-        f"{args.steps} steps each",
+        f"{args.steps} steps each: {', '.join(methods)}"
+        + (
+            f" (the default rows; --methods all runs all {len(DEMO_METHODS)})"
+            if methods == list(DEFAULT_METHODS)
+            else ""
+        ),
         flush=True,
     )
     results: list[DemoResult] = []
@@ -427,5 +431,5 @@ def main(argv: Sequence[str] | None = None) -> list[DemoResult]:
         image, _ = demo_figure(results)
         args.figure.parent.mkdir(parents=True, exist_ok=True)
         image.save(args.figure)
-        print(f"wrote {args.figure}")
+        print(f"wrote the figure to {args.figure.resolve()}")
     return results

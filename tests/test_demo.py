@@ -17,6 +17,7 @@ from PIL import Image
 
 from lightning_uda.data.demo import DEMO_PALETTE
 from lightning_uda.demo import (
+    DEFAULT_METHODS,
     DEMO_METHODS,
     DemoResult,
     demo_figure,
@@ -38,6 +39,12 @@ MATCH_TOLERANCE = 1.0
 SELF_TRAINING_MARGIN = 5.0
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch):
+    """The demo writes its figure into the current folder by default: run in a tmp folder."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.mark.fit
 def test_demo_command_prints_the_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "demo.json"
@@ -56,7 +63,7 @@ def test_demo_command_prints_the_table_and_writes_json(tmp_path, capsys):
 def test_several_seeds_print_and_save_mean_and_std(tmp_path, capsys):
     out = tmp_path / "demo.json"
     argv = ["--methods", "source_only", "--steps", "3", "--seeds", "0", "1", "--json", str(out)]
-    results = main([*argv, "--no-progress-bar"])
+    results = main([*argv, "--no-progress-bar", "--no-figure"])
     printed = capsys.readouterr().out
     assert [(r.method, r.seed) for r in results] == [("source_only", 0), ("source_only", 1)]
     source = [r.source_val_miou for r in results]
@@ -220,7 +227,13 @@ def test_command_prints_each_result_before_the_table_and_no_noise(tmp_path):
     argv = ["--methods", "source_only", "daformer", "--steps", "2", "--json", str(tmp_path / "d")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [*command, *argv], capture_output=True, text=True, env=env, timeout=300, check=True
+        [*command, *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=True,
+        cwd=tmp_path,
     )
     printed = done.stdout + done.stderr
     assert not [n for n in NOISE if n in printed], printed
@@ -309,3 +322,37 @@ def test_oracle_is_the_upper_bound(source_only_result):
     oracle = run_method("oracle", progress_bar=False)
     assert oracle.target_val_miou > source_only_result.target_val_miou + 10.0
     assert set(DEMO_METHODS) >= {"source_only", "dacs", "classmix", "minent", "advent", "mcc"}
+
+
+def test_default_rows_and_all(capsys):
+    """Without --methods the demo runs the default rows, SourceOnly first; `all` runs every row."""
+    assert DEFAULT_METHODS[0] == "source_only" and "oracle" in DEFAULT_METHODS
+    assert set(DEFAULT_METHODS) < set(DEMO_METHODS)
+    main(["--print-recipe"])
+    printed = capsys.readouterr().out
+    shown = [
+        line.split("--methods ")[1].split(":")[0]
+        for line in printed.splitlines()
+        if line.startswith("# lightning-uda demo --methods")
+    ]
+    assert shown == list(DEFAULT_METHODS)
+    main(["--methods", "all", "--print-recipe"])
+    printed = capsys.readouterr().out
+    assert printed.count("# lightning-uda demo --methods") == len(DEMO_METHODS)
+
+
+@pytest.mark.fit
+def test_first_run_writes_the_figure_and_shows_one_bar_per_method(tmp_path, capfd):
+    results = main(["--methods", "source_only", "oracle", "--steps", "3", "--figure-rows", "2"])
+    captured = capfd.readouterr()
+    figure = tmp_path / "lightning-uda-demo.png"
+    assert f"wrote the figure to {figure.resolve()}" in captured.out
+    with Image.open(figure) as image:
+        assert image.size == demo_figure(results)[1].size
+    for name in ("source_only", "oracle"):
+        # one bar per run, counted in steps up to the run's last step, with the time left
+        shown = (captured.out + captured.err).replace("\n", "\r").split("\r")
+        bar = [p for p in shown if p.startswith(f"{name}, seed 0:")]
+        assert bar and "3/3" in bar[-1] and "step" in bar[-1] and "<" in bar[-1]
+    main(["--methods", "source_only", "--steps", "1", "--no-figure", "--no-progress-bar"])
+    assert "wrote the figure" not in capfd.readouterr().out

@@ -14,6 +14,11 @@ first:
 
 A checkpoint without a digest file (written by another tool) is loaded as it is, with a warning.
 
+The digests of Lightning's SLURM requeue checkpoints (``hpc_ckpt_<n>.ckpt``) are kept in a
+``.hpc_digests/`` subfolder: Lightning finds the newest of them by the digits of every file name
+in the folder that contains ``hpc_ckpt_``, and ``hpc_ckpt_1.ckpt.sha256`` beside it would read as
+checkpoint number 1256.
+
 Example:
     >>> trainer = Trainer(plugins=[ChecksummedCheckpointIO()])  # doctest: +SKIP
 """
@@ -33,6 +38,8 @@ __all__ = ["CheckpointError", "ChecksummedCheckpointIO", "file_digest", "verify_
 
 #: Suffix of the digest file written beside each checkpoint.
 DIGEST_SUFFIX = ".sha256"
+#: Subfolder of the digests of Lightning's SLURM checkpoints ``hpc_ckpt_<n>.ckpt``.
+HPC_DIGESTS = ".hpc_digests"
 _CHUNK = 1 << 22
 
 
@@ -50,6 +57,9 @@ def file_digest(path: _PATH) -> str:
 
 
 def _digest_path(path: _PATH) -> Path:
+    file = Path(os.fspath(path))
+    if file.name.startswith("hpc_ckpt_"):  # see the module docstring
+        return file.parent / HPC_DIGESTS / f"{file.name}{DIGEST_SUFFIX}"
     return Path(f"{os.fspath(path)}{DIGEST_SUFFIX}")
 
 
@@ -88,6 +98,7 @@ class ChecksummedCheckpointIO(TorchCheckpointIO):
         name = Path(path).name
         # written after the checkpoint: a digest file never vouches for a half-written file
         tmp = _digest_path(path).with_suffix(".sha256.tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(f"{file_digest(path)}  {name}\n")
         os.replace(tmp, _digest_path(path))
 

@@ -46,6 +46,7 @@ from lightning_uda.normalization import NormalizationLike, get_normalization
 
 __all__ = [
     "SegmentationPanels",
+    "attention_panel",
     "confusion_heatmap",
     "denormalize",
     "normalized_confusion",
@@ -78,6 +79,35 @@ def confusion_heatmap(normalized: Tensor, cell: int = 16) -> np.ndarray:
     white, blue = np.array([255.0, 255.0, 255.0]), np.array([8.0, 48.0, 107.0])
     rgb = white + values[..., None] * (blue - white)
     return np.kron(rgb, np.ones((cell, cell, 1))).astype(np.uint8)
+
+
+def attention_panel(
+    attention: Tensor, box: Sequence[int] | None, size: Sequence[int]
+) -> np.ndarray:
+    """HRDA's scale attention as an ``H×W×3`` uint8 picture with the detail box outlined.
+
+    Args:
+        attention: ``h×w`` values in [0, 1] (1: the detail view is trusted), bilinearly resized
+            to ``size``; shown as grey levels (black 0, white 1).
+        box: ``(y1, y2, x1, x2)`` of the detail crop in image pixels, drawn as a red outline one
+            pixel wide on the box's border; ``None`` draws none.
+        size: ``(H, W)`` of the picture (the training crop).
+    """
+    height, width = (int(v) for v in size)
+    grid = torch.nn.functional.interpolate(
+        attention.detach().float().cpu()[None, None],
+        size=(height, width),
+        mode="bilinear",
+        align_corners=False,
+    )[0, 0]
+    grey = (grid.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    picture = np.repeat(grey[..., None], 3, axis=2)
+    if box is not None:
+        y1, y2, x1, x2 = (int(v) for v in box)
+        red = np.array([255, 0, 0], dtype=np.uint8)
+        picture[y1, x1:x2] = picture[y2 - 1, x1:x2] = red
+        picture[y1:y2, x1] = picture[y1:y2, x2 - 1] = red
+    return picture
 
 
 def wandb_class_labels(names: Sequence[str]) -> dict[int, str]:
@@ -119,6 +149,9 @@ class SegmentationPanels(Callback):
 
     - ``train/mixed_batch``: the latest mixed batch of a self-training method
       (``pl_module.last_mix``, images and mixed labels) every ``every_n_steps`` optimiser steps;
+    - ``train/scale_attention``: with HRDA (``pl_module.last_scales``), the scale attention of
+      the step's last training forward (weighted by the fused softmax; white: detail trusted)
+      with its detail box outlined in red (:func:`attention_panel`);
     - ``val/examples``: the first validation batch with ground-truth and predicted masks
       (``pl_module.segment``), at every validation;
     - ``val/IoU_per_class``: a bar chart of ``pl_module.last_iou["val"]`` after every
@@ -193,6 +226,16 @@ class SegmentationPanels(Callback):
             step=self._step(trainer),
             masks=[self._masks(pl_module, mixed_label=mixed["label"][i]) for i in range(n)],
         )
+        scales = getattr(pl_module, "last_scales", None)  # HRDA: attention and detail box
+        if scales is not None:
+            attention = scales["attention"][:n, 0]
+            size = tuple(mixed["image"].shape[-2:])
+            logger.log_image(
+                "train/scale_attention",
+                [attention_panel(a, scales["box"], size) for a in attention],
+                step=self._step(trainer),
+                caption=[f"detail box (y1, y2, x1, x2) = {tuple(scales['box'])}"] * len(attention),
+            )
 
     def on_validation_batch_end(
         self,

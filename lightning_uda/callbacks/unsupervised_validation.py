@@ -10,6 +10,11 @@ on an *unlabelled* target split at every validation with the signals of
 keeps the best checkpoint by a label-free criterion (``SIGNALS[name][0]`` is the mode). The
 labelled ``val/mIoU`` can still be logged next to it, for reporting.
 
+**Several targets.** ``data={"night": ..., "fog": ...}`` scores each target on its own and logs
+``val_unsup/<name>/<signal>``; the first target's values are also logged as
+``val_unsup/<signal>``, as ``val/mIoU`` follows the primary labelled target
+(:mod:`lightning_uda.methods.evaluation`). Put the target the run is about first.
+
 **When.** The signals are computed in ``on_validation_epoch_end``, on every rank, after the
 validation loop. Values logged there with ``pl_module.log`` reach ``trainer.callback_metrics``
 when the epoch's metrics are collected, which Lightning does before it calls
@@ -22,10 +27,8 @@ labelled val set, for reporting) and ``limit_val_batches > 0``.
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,20 +39,15 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_uda.callbacks.selection_statistics import (
-    _collate_images,
-    _images,
     _signal_values,
     _Statistics,
 )
-from lightning_uda.constants import IGNORE_INDEX
-from lightning_uda.data.checks import _input_space
-from lightning_uda.data.rcs import (
-    class_frequencies,
-    class_pixel_counts,
-    default_stats_file,
-    load_or_compute_class_stats,
+from lightning_uda.callbacks.unlabelled_data import (
+    check_frequencies,
+    check_input_space,
+    count_source_frequencies,
+    rank_batches,
 )
-from lightning_uda.normalization import get_normalization
 from lightning_uda.selection import SIGNALS
 
 __all__ = ["UnsupervisedValidation"]
@@ -102,7 +100,8 @@ class UnsupervisedValidation(Callback):
     ``$LIGHTNING_UDA_CACHE``). Counting GTA5's 24,966 labels takes minutes, once.
 
     Args:
-        data: unlabelled target images: a ``Dataset`` (items ``{"image": 3×H×W, ...}``, e.g.
+        data: unlabelled target images, or ``{name: images}`` for several targets (see the
+            module docstring): a ``Dataset`` (items ``{"image": 3×H×W, ...}``, e.g.
             ``Cityscapes(root, "train", transform=preset("cityscapes_val"),
             return_mask=False)``, or a ``Subset`` of it) or a ``DataLoader`` of batches
             ``{"image": B×3×H×W, ...}`` (or ``(images, ...)`` tuples). Masks and other keys are
@@ -142,7 +141,7 @@ class UnsupervisedValidation(Callback):
 
     def __init__(
         self,
-        data: Dataset | DataLoader,
+        data: Dataset | DataLoader | Mapping[str, Dataset | DataLoader],
         *,
         max_batches: int | None = None,
         batch_size: int = 1,
@@ -157,8 +156,19 @@ class UnsupervisedValidation(Callback):
         seed: int = 0,
     ) -> None:
         name = type(self).__name__
-        if not isinstance(data, (Dataset, DataLoader)):
-            raise TypeError(f"{name}: data must be a Dataset or a DataLoader, got {type(data)}")
+        targets: dict[str | None, Dataset | DataLoader] = (
+            {str(k): v for k, v in data.items()} if isinstance(data, Mapping) else {None: data}
+        )
+        if not targets:
+            raise ValueError(f"{name}: data is an empty mapping; give at least one target")
+        for target, images in targets.items():
+            if not isinstance(images, (Dataset, DataLoader)):
+                where = "" if target is None else f"[{target!r}]"
+                raise TypeError(
+                    f"{name}: data{where} must be a Dataset or a DataLoader, got {type(images)}"
+                )
+            if target is not None and (not target or "/" in target):
+                raise ValueError(f"{name}: target name {target!r} must be non-empty, without '/'")
         if isinstance(signals, str):
             signals = [signals]
         unknown = [s for s in signals or () if s not in SIGNALS]
@@ -185,7 +195,10 @@ class UnsupervisedValidation(Callback):
             )
         if kl_eps < 0:
             raise ValueError(f"{name}: kl_eps must be >= 0, got {kl_eps}")
-        self.data = data
+        #: The targets' images by name (``None``: one unnamed target).
+        self.targets = targets
+        #: The first target's images.
+        self.data = next(iter(targets.values()))
         self.max_batches = max_batches
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -202,17 +215,14 @@ class UnsupervisedValidation(Callback):
         )
         #: The values of the last evaluation, name → float (without the prefix).
         self.last_results: dict[str, float] = {}
+        #: The last values of every target, by target name (``None``: one unnamed target).
+        self.last_results_by_target: dict[str | None, dict[str, float]] = {}
         self._warned: set[str] = set()
         self._space_checked = False
 
     @staticmethod
     def _check_frequencies(frequencies: Sequence[float] | Tensor) -> Tensor:
-        values = torch.as_tensor(frequencies, dtype=torch.float64).reshape(-1).clone()
-        if not bool(torch.isfinite(values).all()) or bool((values < 0).any()):
-            raise ValueError("UnsupervisedValidation: source_frequencies must be finite and >= 0")
-        if float(values.sum()) <= 0:
-            raise ValueError("UnsupervisedValidation: source_frequencies sum to 0")
-        return values / values.sum()
+        return check_frequencies(frequencies)
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -227,21 +237,37 @@ class UnsupervisedValidation(Callback):
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        results = self.evaluate(pl_module, trainer)
-        for name, value in results.items():
-            pl_module.log(f"{PREFIX}/{name}", value, sync_dist=False)
+        for index, target in enumerate(self.targets):
+            results = self.evaluate(pl_module, trainer, target=target)
+            prefixes = [PREFIX] if target is None else [f"{PREFIX}/{target}"]
+            if target is not None and index == 0:  # the plain keys follow the first target
+                prefixes.append(PREFIX)
+            for prefix in prefixes:
+                for name, value in results.items():
+                    pl_module.log(f"{prefix}/{name}", value, sync_dist=False)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(
-        self, pl_module: LightningModule, trainer: Trainer | None = None
+        self,
+        pl_module: LightningModule,
+        trainer: Trainer | None = None,
+        target: str | None = None,
     ) -> dict[str, float]:
-        """Score ``pl_module`` on the unlabelled data: signal name → value.
+        """Score ``pl_module`` on the unlabelled data of ``target`` (default: the first):
+        signal name → value.
 
         Called by the hook; callable directly too (e.g. to score a loaded checkpoint), with
         ``trainer=None`` outside a run (no DDP reduction, no datamodule: ``class_kl`` then needs
         ``source_frequencies``). Under DDP every rank must call it.
         """
         trainer = trainer if trainer is not None else getattr(pl_module, "_trainer", None)
+        if target is None:
+            target = next(iter(self.targets))
+        if target not in self.targets:
+            raise ValueError(
+                f"UnsupervisedValidation: no target {target!r}; the targets are "
+                f"{list(self.targets)}"
+            )
         num_classes = int(getattr(pl_module, "num_classes", 0) or 0)
         if num_classes < 2:
             raise ValueError(
@@ -276,7 +302,7 @@ class UnsupervisedValidation(Callback):
         try:
             context = trainer.precision_plugin.val_step_context() if trainer else None
             with torch.no_grad(), context or contextlib.nullcontext():
-                for index, images in self._batches(rank, world):
+                for index, images in self._batches(rank, world, self.targets[target]):
                     self._update(stats, pl_module, images, index, "agreement" in wanted)
         finally:
             for module, training in modes:
@@ -294,7 +320,9 @@ class UnsupervisedValidation(Callback):
             kl_eps=self.kl_eps,
             snd_temperature=self.snd_temperature,
         )
-        self.last_results = results
+        if target == next(iter(self.targets)):
+            self.last_results = results
+        self.last_results_by_target[target] = results
         return results
 
     def _update(
@@ -333,54 +361,35 @@ class UnsupervisedValidation(Callback):
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
     # ------------------------------------------------------------------ data
-    def _batches(self, rank: int, world: int) -> Iterator[tuple[int, Tensor]]:
-        """``(global batch index, images)`` of this rank's share of the first batches."""
-        data = self.data
-        if isinstance(data, DataLoader):
-            for index, batch in enumerate(data):
-                if self.max_batches is not None and index >= self.max_batches:
-                    return
-                if index % world == rank:
-                    yield index, _images(batch)
-            return
-        size = len(data)  # type: ignore[arg-type]
-        count = math.ceil(size / self.batch_size)
-        if self.max_batches is not None:
-            count = min(count, self.max_batches)
-        mine = list(range(rank, count, world))
-        if not mine:
-            return
-        batches = [
-            list(range(i * self.batch_size, min(size, (i + 1) * self.batch_size))) for i in mine
-        ]
-        loader = DataLoader(
+    def _batches(
+        self, rank: int, world: int, data: Dataset | DataLoader
+    ) -> Iterator[tuple[int, Tensor]]:
+        """``(global batch index, images)`` of this rank's share of ``data``'s first batches."""
+        return rank_batches(
             data,
-            batch_sampler=batches,
+            rank,
+            world,
+            max_batches=self.max_batches,
+            batch_size=self.batch_size,
             num_workers=self.num_workers,
-            collate_fn=_collate_images,
-            pin_memory=torch.cuda.is_available(),
-            # an own generator: loading never draws from the global RNG of the training run
-            generator=torch.Generator().manual_seed(self.seed),
+            seed=self.seed,
         )
-        yield from zip(mine, loader, strict=True)
 
     def _check_input_space(self, pl_module: LightningModule) -> None:
         if self._space_checked:
             return
         self._space_checked = True
-        dataset = self.data.dataset if isinstance(self.data, DataLoader) else self.data
-        data_space = _input_space(dataset)
-        module_space = getattr(pl_module, "normalization", None)
-        if data_space is None or module_space is None:
-            return
-        if data_space != get_normalization(module_space):
+        for target, data in self.targets.items():
+            self._check_target_space(pl_module, target, data)
+
+    def _check_target_space(
+        self, pl_module: LightningModule, target: str | None, data: Dataset | DataLoader
+    ) -> None:
+        try:
+            check_input_space(pl_module, target, data)
+        except ValueError:
             self._space_checked = False
-            raise ValueError(
-                f"UnsupervisedValidation: the unlabelled images are normalised as "
-                f"{data_space.name!r} ({data_space}) but {type(pl_module).__name__} expects "
-                f"{module_space.name!r}. Build the dataset with normalization="
-                f"{module_space.name!r} (and its transform with the same)."
-            )
+            raise
 
     # ------------------------------------------------------------------ source frequencies
     def _frequencies(
@@ -402,7 +411,7 @@ class UnsupervisedValidation(Callback):
             assert trainer is not None
             frequencies = None
             if trainer.is_global_zero:
-                frequencies = self._count_source(datamodule, source, pl_module, num_classes)
+                frequencies = count_source_frequencies(datamodule, source, pl_module, num_classes)
             frequencies = trainer.strategy.broadcast(frequencies, src=0)
             self.source_frequencies = self._check_frequencies(frequencies)
         if self.source_frequencies.numel() != num_classes:
@@ -411,29 +420,6 @@ class UnsupervisedValidation(Callback):
                 f" entries but the module has {num_classes} classes"
             )
         return self.source_frequencies
-
-    @staticmethod
-    def _count_source(
-        datamodule: Any, source: Dataset, pl_module: LightningModule, num_classes: int
-    ) -> list[float]:
-        if getattr(datamodule, "rare_class_sampling", None) is not None and callable(
-            getattr(datamodule, "class_pixel_counts", None)
-        ):
-            counts = datamodule.class_pixel_counts()
-        else:
-            ignore = int(
-                getattr(
-                    datamodule, "ignore_index", getattr(pl_module, "ignore_index", IGNORE_INDEX)
-                )
-            )
-            stats_file = default_stats_file(source)
-            if stats_file is None:
-                counts = class_pixel_counts(source, num_classes, ignore, progress=True)
-            else:
-                counts = load_or_compute_class_stats(
-                    source, stats_file, num_classes, ignore, progress=True
-                )
-        return class_frequencies(counts).tolist()
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

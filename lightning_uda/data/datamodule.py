@@ -23,6 +23,13 @@ resolution (2048×1024 for Cityscapes) while the images are resized, and the mod
 160 MB), so ``val_batch_size`` (default 1, as AdvEnt and DACS evaluate) bounds that memory.
 Items only stack into a batch if their masks have one size (all Cityscapes frames do); a batch
 that mixes sizes raises an error naming them.
+
+**Several validation targets** (``val={"acdc": ..., "cityscapes": ...}`` or a list): one
+sequential loader per target, in order (:attr:`UDADataModule.val_names`); the module logs each
+target's metrics as ``val/<name>/mIoU`` (and ``val/<name>/IoU/<class>``), and keeps ``val/mIoU``
+for the *primary* target (``val_primary``, default the first), so recipes, checkpoint names and
+``checkpoints.select_by: val/mIoU`` keep one meaning (see
+:mod:`lightning_uda.methods.evaluation`).
 """
 
 from __future__ import annotations
@@ -62,9 +69,10 @@ from lightning_uda.data.sampling import (
     _seed_worker,
     _StreamLoader,
 )
+from lightning_uda.data.val_sets import ValSets, _named_val_sets, default_val_name
 from lightning_uda.normalization import InputNormalization
 
-__all__ = ["DomainSampler", "RareClassDomainSampler", "UDADataModule"]
+__all__ = ["DomainSampler", "RareClassDomainSampler", "UDADataModule", "default_val_name"]
 
 
 def _collate_eval(items: list[Mapping[str, Any]]) -> Any:
@@ -92,7 +100,10 @@ class UDADataModule(L.LightningDataModule):
         source: labelled source-domain dataset (items ``{"image", "mask"}``), e.g. ``GTA5``.
         target: target-domain dataset (items ``{"image"[, "mask"]}``), e.g.
             ``Cityscapes(split="train", return_mask=False)``.
-        val: labelled target validation set, e.g. ``Cityscapes(split="val")``.
+        val: labelled target validation set, e.g. ``Cityscapes(split="val")``; or several:
+            ``{name: dataset}`` or a list (named by ``val_names``, else
+            :func:`default_val_name`), each evaluated on its own and logged as
+            ``val/<name>/mIoU`` (see the module docstring).
         test: optional labelled test set.
         predict: optional set to predict on; our datasets are switched to items with
             ``"path"`` and ``"orig_size"`` (see ``SegmentationFolder.return_meta``).
@@ -119,11 +130,16 @@ class UDADataModule(L.LightningDataModule):
             up to 10 times until it holds more than 0.5 × 3,000 pixels of the drawn class).
             The per-image class counts are computed once in :meth:`prepare_data` (progress bar)
             and cached (``stats_file``). Resumable and DDP-aware like the plain stream.
+        val_names: names of the validation sets when ``val`` is a list (or one dataset that
+            should be logged under its name too).
+        val_primary: the target whose metrics are also logged as ``val/mIoU`` (default: the
+            first); a name of ``val_names``.
 
     Raises:
         ValueError: datasets whose ``classes`` differ (both lists are shown), datasets in
             different input spaces (each dataset's ``normalization`` is shown), an empty
-            dataset, or non-positive batch sizes.
+            dataset, non-positive batch sizes, two validation sets of one name, or a
+            ``val_primary`` that names none of them.
 
     Example:
         >>> dm = UDADataModule(
@@ -138,7 +154,7 @@ class UDADataModule(L.LightningDataModule):
         self,
         source: Dataset,
         target: Dataset,
-        val: Dataset,
+        val: ValSets,
         test: Dataset | None = None,
         predict: Dataset | None = None,
         batch_size: int = 2,
@@ -153,6 +169,8 @@ class UDADataModule(L.LightningDataModule):
         label_check_items: int = 16,
         all_ignore_warn_fraction: float = 0.25,
         rare_class_sampling: RareClassSampling | bool | None = None,
+        val_names: Sequence[str] | None = None,
+        val_primary: str | None = None,
     ) -> None:
         super().__init__()
         if rare_class_sampling is True:
@@ -177,7 +195,17 @@ class UDADataModule(L.LightningDataModule):
             )
         self.label_check_items = label_check_items
         self.all_ignore_warn_fraction = all_ignore_warn_fraction
-        self.source, self.target, self.val = source, target, val
+        self.val_sets, self._val_named = _named_val_sets(val, val_names)
+        names = list(self.val_sets)
+        if val_primary is not None and val_primary not in self.val_sets:
+            raise ValueError(
+                f"UDADataModule: val_primary {val_primary!r} is not a validation set name; the "
+                f"names are {names}"
+            )
+        self.val_primary = val_primary if val_primary is not None else names[0]
+        #: The primary validation set (the one ``val/mIoU`` measures; ``classes`` come from it).
+        self.val: Dataset = self.val_sets[self.val_primary]
+        self.source, self.target = source, target
         self.test, self.predict = test, predict
         self.batch_size = batch_size
         self.target_batch_size = batch_size if target_batch_size is None else target_batch_size
@@ -192,7 +220,14 @@ class UDADataModule(L.LightningDataModule):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        named = {"source": source, "target": target, "val": val, "test": test, "predict": predict}
+        named = {
+            "source": source,
+            "target": target,
+            "val": self.val,
+            **{f"val {k!r}": v for k, v in self.val_sets.items() if k != self.val_primary},
+            "test": test,
+            "predict": predict,
+        }
         for name, dataset in named.items():
             if dataset is not None and len(dataset) == 0:  # type: ignore[arg-type]
                 raise ValueError(f"UDADataModule: the {name} dataset is empty")
@@ -212,6 +247,8 @@ class UDADataModule(L.LightningDataModule):
             for name in ("source", "target", "val", "test", "predict")
             if getattr(self, name) is not None
         ]
+        if self._val_named:
+            parts[2] = f"val={self.val_sets!r}, val_primary={self.val_primary!r}"
         sizes = f"batch_size={self.batch_size}, target_batch_size={self.target_batch_size}"
         return f"{type(self).__name__}({', '.join(parts)}, {sizes}, seed={self.seed})"
 
@@ -415,9 +452,18 @@ class UDADataModule(L.LightningDataModule):
             collate_fn=_collate_eval,
         )
 
-    def val_dataloader(self) -> DataLoader:
-        """Sequential loader over ``val`` (Lightning shards it under DDP)."""
-        return self._plain(self.val)
+    @property
+    def val_names(self) -> list[str] | None:
+        """Names of the validation sets, in loader order; ``None`` for one unnamed set (its
+        metrics are ``val/mIoU`` etc. only)."""
+        return list(self.val_sets) if self._val_named else None
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """Sequential loader over ``val`` (Lightning shards it under DDP); with several
+        validation sets a list of them, in the order of :attr:`val_names`."""
+        if not self._val_named:
+            return self._plain(self.val)
+        return [self._plain(dataset) for dataset in self.val_sets.values()]
 
     def test_dataloader(self) -> DataLoader:
         """Sequential loader over ``test``."""

@@ -1,7 +1,8 @@
 """The benchmark datasets: Cityscapes, GTA5 and SYNTHIA, each a :class:`SegmentationFolder`.
 
-The generic paired folder lives in :mod:`lightning_uda.data.folder`, file reading and the errors
-in :mod:`lightning_uda.data.files`; both are re-exported here.
+SYNTHIA lives in :mod:`lightning_uda.data.synthia`, the generic paired folder in
+:mod:`lightning_uda.data.folder`, file reading and the errors in :mod:`lightning_uda.data.files`;
+all are re-exported here.
 
 Every dataset returns items ``{"image": float 3×H×W, "mask": long H×W}`` with images in the
 dataset's input space (``normalization``; default ImageNet-normalised RGB, see
@@ -9,6 +10,11 @@ dataset's input space (``normalization``; default ImageNet-normalised RGB, see
 load with a lookup table (:mod:`lightning_uda.data.labels`). Each exposes ``classes``, ``palette``
 (``C×3`` uint8), ``ignore_index`` (255), ``class_subsets`` (metric name → evaluated train ids) and
 ``normalization`` (an :class:`~lightning_uda.normalization.InputNormalization`).
+
+Each reads its files either from the extracted folders or straight from the official zip archives
+when ``root`` holds those instead (``leftImg8bit_trainvaltest.zip``, ``01_images.zip`` …; per
+folder, an extracted folder wins); see :mod:`lightning_uda.data.archives` and each class's
+"Archives" section. Items are identical either way.
 
 The folder layout is checked when a dataset is built: a missing root, an empty split or images
 without labels raise :class:`DatasetLayoutError` naming the paths and showing the expected tree.
@@ -21,9 +27,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
-
+from lightning_uda.data.archive_folder import (
+    ArchiveAwareFolder,
+    Source,
+    _check_root,
+    child,
+    exists,
+    locate,
+    subfolders,
+)
+from lightning_uda.data.archives import ArchiveError
 from lightning_uda.data.files import (
     AllIgnoreLabelError,
     CorruptImageError,
@@ -40,16 +53,14 @@ from lightning_uda.data.labels import (
     CITYSCAPES_ID_TO_TRAIN_ID,
     CITYSCAPES_KNOWN_IDS,
     CITYSCAPES_PALETTE,
-    SYNTHIA_13_CLASSES,
-    SYNTHIA_16_CLASSES,
-    SYNTHIA_ID_TO_TRAIN_ID,
-    SYNTHIA_KNOWN_IDS,
 )
+from lightning_uda.data.synthia import SYNTHIA
 from lightning_uda.normalization import NormalizationLike
 
 __all__ = [
     "GTA5",
     "AllIgnoreLabelError",
+    "ArchiveError",
     "CorruptImageError",
     "check_complete",
     "SYNTHIA",
@@ -61,7 +72,7 @@ __all__ = [
 ]
 
 
-class Cityscapes(SegmentationFolder):
+class Cityscapes(ArchiveAwareFolder):
     """Cityscapes (fine annotations), label ids mapped to the 19 train ids on load.
 
     Expected layout (the official archives ``leftImg8bit_trainvaltest.zip`` and
@@ -76,6 +87,21 @@ class Cityscapes(SegmentationFolder):
             ├── train/{city}/{city}_{seq}_{frame}_gtFine_labelIds.png
             ├── val/...
             └── test/...
+
+    Archives: ``root`` may instead hold the two official archives, read without extracting::
+
+        root/
+        ├── leftImg8bit_trainvaltest.zip   # leftImg8bit/{train,val,test}/{city}/*_leftImg8bit.png
+        └── gtFine_trainvaltest.zip        # gtFine/{train,val,test}/{city}/*_gtFine_*.png
+
+    The member paths are those of the official packages (both also hold a ``README`` and a
+    ``license.txt`` at the top, ignored here), as tue-mps' VFM-UDA code reads them
+    (``leftImg8bit/train``, ``gtFine/train`` inside ``leftImg8bit_trainvaltest.zip`` and
+    ``gtFine_trainvaltest.zip``). An archive of the extracted tree inside one top-level folder
+    is accepted too. An extracted folder wins over its archive, per folder (e.g. ``gtFine/``
+    unpacked and ``leftImg8bit_trainvaltest.zip`` kept zipped). A truncated archive, one under
+    the other's name, or labels missing from ``gtFine_trainvaltest.zip`` raise
+    :class:`ArchiveError` naming the file.
 
     Only ``*_gtFine_labelIds.png`` is read (``_labelTrainIds``, ``_color``, ``_instanceIds`` are
     ignored); ids go through :data:`~lightning_uda.data.labels.CITYSCAPES_ID_TO_TRAIN_ID`. Ids
@@ -110,6 +136,15 @@ class Cityscapes(SegmentationFolder):
         "└── gtFine/{split}/{city}/*_gtFine_labelIds.png"
     )
 
+    ZIP_LAYOUT = (
+        "root/\n"
+        "├── leftImg8bit_trainvaltest.zip   (leftImg8bit/{split}/{city}/*_leftImg8bit.png)\n"
+        "└── gtFine_trainvaltest.zip        (gtFine/{split}/{city}/*_gtFine_labelIds.png)"
+    )
+
+    IMAGES_ARCHIVE = "leftImg8bit_trainvaltest.zip"
+    LABELS_ARCHIVE = "gtFine_trainvaltest.zip"
+
     def __init__(
         self,
         root: PathLike,
@@ -121,17 +156,45 @@ class Cityscapes(SegmentationFolder):
     ) -> None:
         self.root = Path(root)
         self.split = split
-        _check_root(self.root, type(self).__name__, self.LAYOUT)
-        images = self.root / "leftImg8bit" / split
-        if not images.is_dir():
-            have = sorted(p.name for p in (self.root / "leftImg8bit").glob("*") if p.is_dir())
+        _check_root(self.root, type(self).__name__, self.LAYOUT, self.ZIP_LAYOUT)
+        layouts = (self.LAYOUT, self.ZIP_LAYOUT)
+        found = locate(
+            self.root,
+            "leftImg8bit",
+            pattern=self.IMAGES_ARCHIVE,
+            layouts=layouts,
+            misnamed=lambda archive: {"gtFine": self.LABELS_ARCHIVE},
+        )
+        images = child(found or self.root / "leftImg8bit", split)
+        if not exists(images):
+            splits = subfolders(found) if found is not None else []
+            where = images if found is not None else f"{images} (nor {self.IMAGES_ARCHIVE})"
             raise DatasetLayoutError(
-                f"Cityscapes split {split!r} not found: {images} does not exist (splits there: "
-                f"{have or 'none'}). Expected layout:\n{self.LAYOUT}"
+                f"Cityscapes split {split!r} not found: {where} does not exist (splits there: "
+                f"{splits or 'none'}). Expected layout:\n{self.LAYOUT}\nor, not extracted:\n"
+                f"{self.ZIP_LAYOUT}"
+            )
+        masks: Source = self.root / "gtFine" / split
+        if return_mask:
+            labels = locate(
+                self.root,
+                "gtFine",
+                pattern=self.LABELS_ARCHIVE,
+                layouts=layouts,
+                misnamed=lambda archive: {"leftImg8bit": self.IMAGES_ARCHIVE},
+                required_by=f"{type(self).__name__} labels (return_mask=False needs none)",
+            )
+            masks = child(labels, split)
+            self._check_archive_labels(
+                images,
+                masks,
+                suffixes=("_leftImg8bit", "_gtFine_labelIds"),
+                recursive=True,
+                labels_archive=lambda archive: self.LABELS_ARCHIVE,
             )
         super().__init__(
-            images=images,
-            masks=self.root / "gtFine" / split,
+            images=self._bind(images),
+            masks=self._bind(masks),
             label_map=CITYSCAPES_ID_TO_TRAIN_ID,
             transform=transform,
             classes=CITYSCAPES_CLASSES,
@@ -147,7 +210,7 @@ class Cityscapes(SegmentationFolder):
         self.known_values = CITYSCAPES_KNOWN_IDS
 
 
-class GTA5(SegmentationFolder):
+class GTA5(ArchiveAwareFolder):
     """GTA5 ("Playing for Data", Richter et al. 2016), Cityscapes label ids → 19 train ids.
 
     Expected layout (the 10 parts' ``images`` and ``labels`` folders merged)::
@@ -155,6 +218,20 @@ class GTA5(SegmentationFolder):
         root/
         ├── images/00001.png ... 24966.png
         └── labels/00001.png ... 24966.png   # paletted PNGs; palette indices = Cityscapes ids
+
+    Archives: ``root`` may instead hold the 20 official archives, read without extracting::
+
+        root/
+        ├── 01_images.zip … 10_images.zip   # images/NNNNN.png
+        └── 01_labels.zip … 10_labels.zip   # labels/NNNNN.png
+
+    (member paths as tue-mps' VFM-UDA code reads them: ``images/`` in ``{NN}_images.zip``,
+    ``labels/`` in ``{NN}_labels.zip``, NN = 01…10). Every ``*_images.zip`` and ``*_labels.zip``
+    in ``root`` is read, images paired with labels by file name across archives, so a subset of
+    the parts works. Part ``NN``'s labels missing (``NN_labels.zip`` absent or incomplete), an
+    archive holding the other kind (``01_images.zip`` holding ``labels/``) or a truncated
+    download raise :class:`ArchiveError` naming the file and the fix. Extracted ``images/`` or
+    ``labels/`` folders win over the archives.
 
     Args:
         root: dataset root (see the tree).
@@ -170,6 +247,12 @@ class GTA5(SegmentationFolder):
     """
 
     LAYOUT = "root/\n├── images/*.png\n└── labels/*.png   (Cityscapes label ids)"
+
+    ZIP_LAYOUT = (
+        "root/\n"
+        "├── 01_images.zip … 10_images.zip   (images/*.png)\n"
+        "└── 01_labels.zip … 10_labels.zip   (labels/*.png, Cityscapes label ids)"
+    )
 
     #: Likely cause when labels load as all-void (see UDADataModule's label check).
     LABEL_HINT = (
@@ -188,10 +271,32 @@ class GTA5(SegmentationFolder):
         **kwargs: Any,
     ) -> None:
         self.root = Path(root)
-        _check_root(self.root, type(self).__name__, self.LAYOUT)
+        _check_root(self.root, type(self).__name__, self.LAYOUT, self.ZIP_LAYOUT)
+        layouts = (self.LAYOUT, self.ZIP_LAYOUT)
+        images = locate(
+            self.root,
+            "images",
+            pattern="*_images.zip",
+            layouts=layouts,
+            misnamed=lambda archive: {"labels": _labels_archive(archive)},
+            required_by=type(self).__name__,
+        )
+        masks = None
+        if return_mask:
+            masks = locate(
+                self.root,
+                "labels",
+                pattern="*_labels.zip",
+                layouts=layouts,
+                misnamed=lambda archive: {"images": archive.name.replace("_labels", "_images")},
+                required_by=f"{type(self).__name__} labels (return_mask=False needs none)",
+            )
+            self._check_archive_labels(
+                images, masks, suffixes=("", ""), recursive=False, labels_archive=_labels_archive
+            )
         super().__init__(
-            images=self.root / "images",
-            masks=self.root / "labels",
+            images=self._bind(images),
+            masks=self._bind(masks) if return_mask else self.root / "labels",
             label_map=CITYSCAPES_ID_TO_TRAIN_ID,
             transform=transform,
             classes=CITYSCAPES_CLASSES,
@@ -207,77 +312,9 @@ class GTA5(SegmentationFolder):
             self.samples = _select(self.samples, Path(split_file))
 
 
-class SYNTHIA(SegmentationFolder):
-    """SYNTHIA-RAND-CITYSCAPES, raw SYNTHIA ids → the 19 Cityscapes train ids (16 occur).
-
-    Expected layout (the ``RAND_CITYSCAPES`` archive)::
-
-        root/
-        ├── RGB/0000000.png ...
-        └── GT/
-            └── LABELS/0000000.png ...   # 16-bit, 3 channels; class id in the R channel
-
-    Labels are read with ``cv2.imread(path, cv2.IMREAD_UNCHANGED)`` (BGR order, so the id is
-    ``[..., 2]``): Pillow reduces 16-bit colour PNGs to 8 bits and every id comes back wrong.
-    Ids go through :data:`~lightning_uda.data.labels.SYNTHIA_ID_TO_TRAIN_ID`; ids above 22 are an
-    error. Evaluate with ``class_subsets``: ``mIoU16`` and ``mIoU13``.
-
-    Args:
-        root: dataset root (see the tree).
-        transform: see :class:`SegmentationFolder` (e.g. ``"synthia_train"``).
-        return_mask: ``False`` to load images only.
-        normalization: input space of the images (see :class:`SegmentationFolder`).
-        **kwargs: ``return_meta``, ``check_labels``, ``resize_mismatched_masks``.
-    """
-
-    #: Likely cause when labels load as all-void (see UDADataModule's label check).
-    LABEL_HINT = (
-        "SYNTHIA labels are 16-bit PNGs with the class id in the R channel: 16-bit SYNTHIA "
-        "labels read as 8-bit (re-saved through Pillow, which reduces 16-bit PNGs, or scaled to "
-        "8 bits) or with the id in another channel load as void everywhere"
-    )
-
-    LAYOUT = "root/\n├── RGB/*.png\n└── GT/LABELS/*.png   (16-bit, class id in the R channel)"
-
-    def __init__(
-        self,
-        root: PathLike,
-        transform: TransformLike = None,
-        return_mask: bool = True,
-        normalization: NormalizationLike | None = None,
-        **kwargs: Any,
-    ) -> None:
-        self.root = Path(root)
-        _check_root(self.root, type(self).__name__, self.LAYOUT)
-        super().__init__(
-            images=self.root / "RGB",
-            masks=self.root / "GT" / "LABELS",
-            label_map=SYNTHIA_ID_TO_TRAIN_ID,
-            transform=transform,
-            classes=CITYSCAPES_CLASSES,
-            palette=CITYSCAPES_PALETTE,
-            class_subsets={"mIoU16": SYNTHIA_16_CLASSES, "mIoU13": SYNTHIA_13_CLASSES},
-            image_extensions=(".png",),
-            return_mask=return_mask,
-            normalization=normalization,
-            **kwargs,
-        )
-        self.known_values = SYNTHIA_KNOWN_IDS
-
-    def read_mask(self, path: Path) -> np.ndarray:
-        """Raw SYNTHIA ids, ``H × W`` uint16: the R channel of the 16-bit label PNG."""
-        check_complete(path)
-        label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if label is None:
-            raise DatasetLayoutError(f"Cannot read label image {path}.")
-        return label[..., 2] if label.ndim == 3 else label
-
-
-def _check_root(root: Path, name: str, layout: str) -> None:
-    if not root.is_dir():
-        raise DatasetLayoutError(
-            f"{name} root {root} does not exist or is not a folder. Expected layout:\n{layout}"
-        )
+def _labels_archive(images_archive: Path) -> str:
+    """GTA5: ``07_images.zip`` -> ``07_labels.zip``."""
+    return images_archive.name.replace("_images", "_labels")
 
 
 def _select(samples: list[tuple[Path, Path | None]], split_file: Path) -> list:

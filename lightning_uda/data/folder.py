@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lightning_uda.constants import IGNORE_INDEX
+from lightning_uda.data.class_file import load_class_file
 from lightning_uda.data.files import (
     DatasetLayoutError,
     PathLike,
@@ -117,6 +118,9 @@ class SegmentationFolder(Dataset):
             (built with ``normalization``). ``None``: only normalisation. A transform that leaves
             the image uint8 is normalised afterwards (into ``normalization``).
         classes: class names, indexed by train id (default: the 19 Cityscapes classes).
+        class_file: a YAML/JSON file with the class names, colours and raw-value mapping
+            (:func:`~lightning_uda.data.class_file.load_class_file`, ``docs/custom_data.md``);
+            it replaces ``classes``, ``palette`` and ``label_map``, which must then be unset.
         palette: ``C × 3`` RGB colours (default: Cityscapes' for its classes, else generated).
         class_subsets: metric name → train ids evaluated (default ``{"mIoU": all}``).
         image_suffix: suffix (before the extension) every image name ends with, stripped for
@@ -180,7 +184,19 @@ class SegmentationFolder(Dataset):
         check_labels: bool = True,
         resize_mismatched_masks: bool = False,
         normalization: NormalizationLike | None = None,
+        class_file: PathLike | None = None,
     ) -> None:
+        if class_file is not None:
+            given = [n for n, v in (("classes", classes), ("palette", palette)) if v is not None]
+            if label_map is not None:
+                given.append("label_map")
+            if given:
+                raise ValueError(
+                    f"class_file {class_file} defines the classes, palette and label map; "
+                    f"leave {', '.join(given)} unset (one source of truth)"
+                )
+            spec = load_class_file(class_file)
+            classes, palette, label_map = spec.names, spec.palette, spec.label_map
         self.classes: list[str] = list(CITYSCAPES_CLASSES if classes is None else classes)
         if not self.classes:
             raise ValueError("classes must name at least one class")
@@ -370,6 +386,9 @@ class SegmentationFolder(Dataset):
         else:
             out = self.transform(image=image)
             item = {"image": _image_to_tensor(out["image"], self.normalization)}
+        for key in getattr(self.transform, "extra_targets", ()):  # e.g. pseudo-label margins
+            if key in out:
+                item[key] = _mask_to_tensor(out[key])
         if self.return_meta:
             item["path"] = str(image_path)
             item["orig_size"] = torch.tensor(orig_size, dtype=torch.long)

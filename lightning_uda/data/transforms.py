@@ -79,7 +79,9 @@ from lightning_uda.normalization import InputNormalization, NormalizationLike, g
 __all__ = [
     "EVALUATION_PROTOCOLS",
     "PRESETS",
+    "PSEUDO_LABEL_VALID",
     "CatMaxRatioCrop",
+    "PseudoLabelMargins",
     "RGBToBGR",
     "normalize_transform",
     "preset",
@@ -115,6 +117,59 @@ class RGBToBGR(A.ImageOnlyTransform):
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ()
+
+
+#: Item key of the pseudo-label margin mask (:class:`PseudoLabelMargins`): ``H×W``, 1 where
+#: pseudo-labels may be trained on, 0 on the margins of the full frame, 255 where a crop was padded.
+PSEUDO_LABEL_VALID = "pseudo_label_valid"
+
+
+class PseudoLabelMargins(A.ImageOnlyTransform):
+    """Add the pseudo-label margin mask of the *whole* (resized) frame as a mask target.
+
+    HRDA's "pseudo-label cropping v2": the mask is 0 on the ``(top, bottom, left, right)``
+    margins of the full frame and 1 inside, made before the training crop so that the crop, pad
+    and flip that follow move it with the image; only crops at the frame border lose pixels.
+    Placed right after the resize by :func:`train_transform` (``pseudo_label_margins``), whose
+    pipeline declares the :data:`PSEUDO_LABEL_VALID` target. The image is left unchanged.
+
+    Args:
+        margins: ``(top, bottom, left, right)`` pixels of the resized frame (HRDA on
+            2048×1024 Cityscapes: ``(30, 240, 30, 30)``).
+    """
+
+    def __init__(self, margins: Sequence[int], p: float = 1.0) -> None:
+        super().__init__(p=p)
+        if len(margins) != 4 or any(int(m) < 0 for m in margins):
+            raise ValueError(
+                f"pseudo_label_margins must be (top, bottom, left, right) pixels >= 0, got "
+                f"{margins!r}"
+            )
+        self.margins = tuple(int(m) for m in margins)
+
+    def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
+        return img
+
+    def __call__(self, *args: Any, force_apply: bool = False, **data: Any) -> dict[str, Any]:
+        out = super().__call__(*args, force_apply=force_apply, **data)
+        height, width = np.asarray(data["image"]).shape[:2]
+        top, bottom, left, right = self.margins
+        if top + bottom >= height or left + right >= width:
+            raise ValueError(
+                f"pseudo_label_margins {self.margins} (top, bottom, left, right) leave nothing of "
+                f"the {width}×{height} frame; they are pixels of the resized frame (HRDA: "
+                "(30, 240, 30, 30) of 2048×1024): scale them to your frames"
+            )
+        valid = np.ones((height, width), dtype=np.uint8)
+        valid[:top] = 0
+        valid[height - bottom :] = 0
+        valid[:, :left] = 0
+        valid[:, width - right :] = 0
+        out[PSEUDO_LABEL_VALID] = valid
+        return out
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("margins",)
 
 
 class CatMaxRatioCrop(A.RandomCrop):
@@ -220,7 +275,13 @@ def _finish(normalization: InputNormalization) -> list[A.BasicTransform]:
 
 def _compose(steps: list[A.BasicTransform], normalization: NormalizationLike) -> A.Compose:
     space = get_normalization(normalization)
-    compose = A.Compose(steps + _finish(space))
+    margins = any(isinstance(step, PseudoLabelMargins) for step in steps)
+    compose = A.Compose(
+        steps + _finish(space),
+        additional_targets={PSEUDO_LABEL_VALID: "mask"} if margins else None,
+    )
+    # item keys beside image/mask that the datasets pass through
+    compose.extra_targets = (PSEUDO_LABEL_VALID,) if margins else ()
     compose.normalization = space  # read by the datasets (their `normalization`)
     return compose
 
@@ -232,6 +293,8 @@ def train_transform(
     extra: Sequence[A.BasicTransform] | None = None,
     normalization: NormalizationLike = "imagenet",
     cat_max_ratio: float = 1.0,
+    resize_scale: float = 1.0,
+    pseudo_label_margins: Sequence[int] | None = None,
 ) -> A.Compose:
     """Training pipeline: resize → random crop (padded if needed) → flip → extra → normalise.
 
@@ -247,6 +310,13 @@ def train_transform(
         cat_max_ratio: below 1, crops where one class covers at least this share of the
             labelled pixels are re-drawn (up to 10 times, :class:`CatMaxRatioCrop`; DAFormer's
             source crops: 0.75). Needs the mask; unlabelled (target) pipelines are unaffected.
+        resize_scale: multiplies ``resize`` (HRDA's frames are twice DAFormer's: GTA5
+            720×1280 → 1440×2560, SYNTHIA 760×1280 → 1520×2560, Cityscapes 512×1024 →
+            1024×2048), so one method setting serves every dataset layer.
+        pseudo_label_margins: ``(top, bottom, left, right)`` pixels of the resized frame whose
+            pseudo-labels are not trained on (HRDA: ``(30, 240, 30, 30)``): the items then carry
+            ``"pseudo_label_valid"`` (:class:`PseudoLabelMargins`), cropped and flipped with the
+            image.
 
     Returns:
         An ``A.Compose``; ``out = t(image=H×W×3 uint8, mask=H×W uint8)`` gives
@@ -257,8 +327,14 @@ def train_transform(
         ValueError: a malformed size or an unknown normalisation name.
     """
     steps: list[A.BasicTransform] = []
+    if resize_scale <= 0 or (resize_scale != 1.0 and resize is None):
+        raise ValueError(
+            f"resize_scale={resize_scale} must be > 0 and scales `resize`, which is {resize!r}"
+        )
     if (size := _size(resize, "resize")) is not None:
-        steps.append(_resize(size))
+        steps.append(_resize((round(size[0] * resize_scale), round(size[1] * resize_scale))))
+    if pseudo_label_margins is not None:
+        steps.append(PseudoLabelMargins(pseudo_label_margins))
     if (crop_size := _size(crop, "crop")) is not None:
         steps.append(
             CatMaxRatioCrop(

@@ -53,6 +53,7 @@ from lightning_uda.methods.resume import ExactResume
 from lightning_uda.models import build_segmentor
 from lightning_uda.normalization import InputNormalization, NormalizationLike, get_normalization
 from lightning_uda.optim import OptimizerSettings, poly_lr_factor
+from lightning_uda.run_info import RUN_INFO_KEY, run_info
 
 __all__ = ["Losses", "UDAModule", "check_range", "first_non_finite", "poly_lr_factor"]
 
@@ -326,3 +327,9 @@ class UDAModule(Optimization, ExactResume, Evaluation, TrainingGuards, Lightning
         # Different ranks must draw different mixing masks / augmentations.
         if self.trainer.world_size > 1 and not getattr(self, "_rng_restored", False):
             self.rng.manual_seed(self.hparams.seed + self.trainer.global_rank)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The resume state (``ExactResume``), then what predict and evaluate need to know about
+        the run: classes, palette, input space, training crop (:mod:`lightning_uda.run_info`)."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[RUN_INFO_KEY] = run_info(self)

@@ -10,6 +10,20 @@ against the full 2048×1024 labels (AdvEnt, DAFormer, MIC, the official benchmar
 ``protocol="dacs"`` labels are nearest-resized to 1024×512 (DACS' evaluation). See
 ``lightning_uda.data.transforms``.
 
+**Several targets.** When the datamodule has several validation sets (``UDADataModule(val={name:
+dataset, ...})``, :attr:`~lightning_uda.data.UDADataModule.val_names`), each has its own
+confusion matrix and its metrics are logged as ``val/<name>/mIoU``, ``val/<name>/IoU/<class>``
+and ``val/<name>/<subset>``; the *primary* target's (``val_primary``, default the first) are also
+logged under the plain keys ``val/mIoU``, ``val/IoU/<class>``, so every recipe, checkpoint name
+and ``select_by: val/mIoU`` keeps meaning "the target this run is about". Each target's numbers
+equal evaluating that target alone. One unnamed val set logs the plain keys only, as before.
+
+**Under DDP** every rank computes the same values (``compute()`` all-reduces the confusion
+matrix first), and they are logged with ``sync_dist=True, reduce_fx="max"``: Lightning then
+knows the epoch-level values are reduced across ranks (and does not advise syncing them), and the
+max of identical values is that value bit for bit (a mean of ``W`` identical float32 values need
+not be). The all-reduce per key is a few bytes, once per validation.
+
 Inference is ``"whole"`` (one forward per image) or ``"slide"`` (overlapping windows, logits
 averaged: :func:`lightning_uda.inference.sliding_window_logits`) for images larger than the
 training crop.
@@ -26,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from lightning_uda.inference import INFERENCE_MODES, sliding_window_logits
@@ -67,15 +81,20 @@ class Evaluation:
         )
         # zero_division=nan: a class absent from both prediction and label has no IoU and is left
         # out of the mean (as Cityscapes' and mmseg's evaluation do), instead of counting as 0.
-        metric_args = dict(
+        self._metric_args = dict(
             num_classes=num_classes,
             ignore_index=ignore_index,
             average="none",
             zero_division=float("nan"),
         )
-        self.val_iou = MulticlassJaccardIndex(**metric_args)
-        self.test_iou = MulticlassJaccardIndex(**metric_args)
-        #: Per-class IoU (percent, CPU) of the last evaluation, by prefix ("val", "test").
+        self.val_iou = MulticlassJaccardIndex(**self._metric_args)
+        self.test_iou = MulticlassJaccardIndex(**self._metric_args)
+        #: One confusion matrix per further validation target (loader index ≥ 1), created when
+        #: its first batch arrives; torchmetrics' states are not persistent, so checkpoints do
+        #: not depend on the number of targets.
+        self.extra_val_ious = nn.ModuleDict()
+        #: Per-class IoU (percent, CPU) of the last evaluation, by prefix ("val", "test", and
+        #: "val/<name>" per target when there are several).
         self.last_iou: dict[str, Tensor] = {}
         #: ``K×K`` pixel confusion matrix (rows: label, columns: prediction; summed over the DDP
         #: ranks, void excluded) of the last evaluation, by prefix.
@@ -138,7 +157,9 @@ class Evaluation:
             )
         metric.update(logits.argmax(dim=1), mask)
 
-    def _log_iou(self, metric: MulticlassJaccardIndex, prefix: str) -> dict[str, float]:
+    def _compute_iou(self, metric: MulticlassJaccardIndex, prefix: str) -> dict[str, float]:
+        """``{prefix/IoU/<class>, prefix/<subset>, prefix/mIoU: percent}`` of ``metric`` (reset
+        afterwards); the per-class IoU and confusion matrix are kept under ``prefix``."""
         per_class = metric.compute() * 100.0  # percent, as the papers report
         with metric.sync_context():
             self.last_confusion[prefix] = metric.confmat.detach().cpu().clone()
@@ -151,16 +172,67 @@ class Evaluation:
             results[f"{prefix}/{subset_name}"] = value
             if i == 0 and subset_name != "mIoU":
                 results[f"{prefix}/mIoU"] = value
-        # NaN (a class absent from prediction and label) would poison loggers' plots; skip it.
-        self.log_dict({k: v for k, v in results.items() if not math.isnan(v)}, sync_dist=False)
         self.last_iou[prefix] = per_class.cpu()
         return results
 
-    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        self._update_iou(self.val_iou, batch)
+    def _log_results(self, results: Mapping[str, float]) -> None:
+        # NaN (a class absent from prediction and label) would poison loggers' plots; skip it.
+        # Every rank holds the same values (see the module docstring: compute() synced the
+        # confusion matrix), so the same keys are logged everywhere and the max is exact.
+        finite = {k: v for k, v in results.items() if not math.isnan(v)}
+        self.log_dict(finite, sync_dist=True, reduce_fx="max")
+
+    def _log_iou(self, metric: MulticlassJaccardIndex, prefix: str) -> dict[str, float]:
+        results = self._compute_iou(metric, prefix)
+        self._log_results(results)
+        return results
+
+    # ------------------------------------------------------------------ validation targets
+    def val_target_names(self) -> list[str] | None:
+        """Names of the validation targets in loader order (the datamodule's ``val_names``;
+        ``loader0``, ``loader1``, … for several loaders passed without one); ``None`` for one
+        unnamed val set."""
+        names = getattr(self._datamodule(), "val_names", None)
+        if names:
+            return list(names)
+        if any(metric.update_called for metric in self.extra_val_ious.values()):
+            # several loaders given without a datamodule's names: number them
+            count = 1 + max(int(key) for key in self.extra_val_ious)
+            return [f"loader{i}" for i in range(count)]
+        return None
+
+    def _val_metric(self, dataloader_idx: int) -> MulticlassJaccardIndex:
+        if dataloader_idx == 0:
+            return self.val_iou
+        key = str(dataloader_idx)
+        if key not in self.extra_val_ious:
+            self.extra_val_ious[key] = MulticlassJaccardIndex(**self._metric_args).to(self.device)
+        return self.extra_val_ious[key]
+
+    def validation_step(
+        self, batch: Mapping[str, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._update_iou(self._val_metric(dataloader_idx), batch)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_iou(self.val_iou, "val")
+        names = self.val_target_names()
+        if names is None:
+            self._log_iou(self.val_iou, "val")
+            return
+        primary = getattr(self._datamodule(), "val_primary", names[0])
+        results: dict[str, float] = {}
+        for index, name in enumerate(names):
+            metric = self._val_metric(index)
+            if not metric.update_called:  # e.g. limit_val_batches=0 for this loader
+                continue
+            prefix = f"val/{name}"
+            target = self._compute_iou(metric, prefix)
+            results.update(target)
+            if name == primary:  # the plain keys: val/mIoU means the primary target
+                results.update({"val" + k[len(prefix) :]: v for k, v in target.items()})
+                self.last_iou["val"] = self.last_iou[prefix]
+                self.last_confusion["val"] = self.last_confusion[prefix]
+        self._log_results(results)
 
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         self._update_iou(self.test_iou, batch)

@@ -7,7 +7,9 @@ The loss (:func:`masked_consistency_loss`), added to any self-training module wi
 1. the target images, colour-augmented on their own (a fresh draw, not the mixed batch's), are
    blanked on random square blocks (``mask_block_size`` px, a ``mask_ratio`` fraction of the
    blocks, :func:`~lightning_uda.mixing.block_mask`); masked pixels become 0 in the normalised
-   space, as in MIC;
+   space, as in MIC; for a ViT segmentor (``supports_token_masking``, e.g. ``arch="vfm"``) a
+   ``mask_ratio`` share of the patch tokens is replaced by the model's learned mask token
+   instead, as VFM-UDA does (``mask_block_size`` is then unused);
 2. the student's weighted CE on the masked images against the teacher's pseudo-labels of the full
    images, with their weights (q and the pseudo-label crop): λ × mean over all pixels.
 
@@ -28,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
+from lightning_uda.losses import pixel_weighted_cross_entropy
 from lightning_uda.methods.daformer import DAFormerModule
-from lightning_uda.mixing import block_mask
+from lightning_uda.mixing import block_mask, random_token_mask
 
 if TYPE_CHECKING:
     from lightning_uda.methods.self_training import SelfTrainingModule
@@ -45,6 +48,8 @@ def masked_consistency_loss(
     labels and weights), with the module's ``mask_block_size``, ``mask_ratio``, strong
     augmentation and random generator."""
     augmented, _, _ = module.strong_augment(images, labels, weights)
+    if getattr(module.model, "supports_token_masking", False):  # ViTs: mask tokens, not pixels
+        return _token_masked_loss(module, augmented, labels, weights)
     keep = block_mask(
         augmented.shape,
         block_size=module.hparams.mask_block_size,
@@ -53,6 +58,29 @@ def masked_consistency_loss(
         device=augmented.device,
     )
     return module.mixed_loss(augmented * keep.to(augmented.dtype), labels, weights)
+
+
+def _token_masked_loss(
+    module: SelfTrainingModule, images: Tensor, labels: Tensor, weights: Tensor
+) -> Tensor:
+    """MIC's loss with ``mask_ratio`` of the ViT's patch tokens replaced by its mask token
+    (VFM-UDA; :func:`~lightning_uda.mixing.random_token_mask`)."""
+    grid = module.model.token_grid(*images.shape[-2:])
+    mask = random_token_mask(
+        images.shape[0],
+        grid,
+        ratio=module.hparams.mask_ratio,
+        generator=module.rng,
+        device=images.device,
+    )
+    logits = module.model(images, token_mask=mask)
+    return pixel_weighted_cross_entropy(
+        logits,
+        labels,
+        weights,
+        ignore_index=module.ignore_index,
+        align_corners=module.align_corners,
+    )
 
 
 class MICModule(DAFormerModule):

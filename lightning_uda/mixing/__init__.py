@@ -1,4 +1,5 @@
-"""Mixing (torch only): ClassMix masks and mixing, DACS strong augmentation, MIC masks, FDA."""
+"""Mixing (torch only): ClassMix masks and mixing, DACS strong augmentation, MIC masks, ViT
+token masks, FDA."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from lightning_uda.mixing.fda import (
     fourier_domain_adaptation,
 )
 from lightning_uda.mixing.masking import block_mask
+from lightning_uda.mixing.token_masking import apply_token_mask, random_token_mask
 
 __all__ = [
     "AUGMENT_DECISIONS",
@@ -23,6 +25,7 @@ __all__ = [
     "MIX_MODES",
     "AugmentParams",
     "StrongAugment",
+    "apply_token_mask",
     "block_mask",
     "blur_kernel_size",
     "class_mix_mask",
@@ -30,4 +33,5 @@ __all__ = [
     "fda_window_size",
     "fourier_domain_adaptation",
     "mix",
+    "random_token_mask",
 ]

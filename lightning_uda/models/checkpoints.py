@@ -346,6 +346,32 @@ def _load_mit(
     return report
 
 
+def _refuse_scale_mismatch(model: nn.Module, state_dict: Mapping[str, Tensor], where: str) -> None:
+    """A clear error for an HRDA checkpoint in a single-scale segmentor, and the reverse."""
+    attention_keys = [k for k in state_dict if "scale_attention." in k]
+    model_is_hrda = isinstance(getattr(model, "scale_attention", None), nn.Module)
+    if attention_keys and not model_is_hrda:
+        head_keys = len(state_dict) - len(attention_keys)
+        raise RuntimeError(
+            f"checkpoint {where} is an HRDA (multi-resolution) model: it holds "
+            f"{len(attention_keys)} scale-attention tensors (e.g. {attention_keys[0]!r}) beside "
+            f"{head_keys} encoder and head tensors, but {type(model).__name__} is a single-scale "
+            "segmentor without a scale attention. Build the model with arch='hrda' (the same "
+            "encoder and head) to load it; to reuse only its encoder and head in a single-scale "
+            "model, drop the scale_attention.* keys and load the rest."
+        )
+    if model_is_hrda and not attention_keys and any(".decode_head." in f".{k}" for k in state_dict):
+        wanted = sum(1 for k in model.state_dict() if k.startswith("scale_attention."))
+        raise RuntimeError(
+            f"checkpoint {where} is a single-scale segmentor (its {len(state_dict)} tensors hold "
+            f"no scale_attention.*), but the model is HRDA, which also needs the "
+            f"{wanted} scale-attention tensors. Build the model with the checkpoint's own arch "
+            "(e.g. arch='daformer'); to start HRDA from it, load it into the HRDA model with "
+            "model.load_state_dict(state_dict, strict=False) (the scale attention keeps its "
+            "initialisation), or pass an ImageNet encoder file (mit_b5.pth) as checkpoint."
+        )
+
+
 def load_checkpoint(
     model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Any]
 ) -> CheckpointReport:
@@ -429,6 +455,7 @@ def load_checkpoint(
     if mit is not None and has_encoder:
         prefix, stripped = mit
         return _load_mit(model, stripped, prefix, where)
+    _refuse_scale_mismatch(model, state_dict, where)
     layouts = "".join(f"\n  - {name}: {text}" for name, text in CHECKPOINT_LAYOUTS.items())
     raise RuntimeError(
         f"checkpoint {where} matches none of the layouts load_checkpoint knows (nor "

@@ -23,13 +23,17 @@ from torch import Tensor, nn
 from lightning_uda.models.checkpoints import load_checkpoint
 from lightning_uda.models.daformer import DAFormer
 from lightning_uda.models.deeplabv2 import DeepLabV2
+from lightning_uda.models.hrda import build_hrda
 from lightning_uda.models.tiny_unet import TinyUNet
+from lightning_uda.models.vfm import VFMSegmentor, build_vfm
 
 #: Our own architectures; any other name is looked up in ``smp.MODEL_ARCHITECTURES_MAPPING``.
 _OWN_ARCHS = (
     "tiny_unet",
     "deeplabv2",
     "daformer",
+    "hrda",
+    "vfm",
 )
 
 
@@ -133,7 +137,14 @@ def build_segmentor(
         arch: ``"tiny_unet"`` (:class:`TinyUNet`, logits at full resolution), ``"deeplabv2"``
             (:class:`~lightning_uda.models.deeplabv2.DeepLabV2`, logits at 1/8), ``"daformer"``
             (:class:`~lightning_uda.models.daformer.DAFormer`: MiT encoder and DAFormer's
-            separable-ASPP fusion head, logits at 1/4), or any segmentation_models_pytorch
+            separable-ASPP fusion head, logits at 1/4), ``"hrda"``
+            (:class:`~lightning_uda.models.hrda.HRDA`: DAFormer's or, with ``head="deeplabv2"``,
+            DeepLab-v2's network on a context and a detail view fused by a learned scale
+            attention; ``detail_size``, ``attention_classwise``), ``"vfm"``
+            (:class:`~lightning_uda.models.vfm.VFMSegmentor`: a timm DINOv2 ViT, encoders
+            ``dinov2_vit{s,b,l,g}14[_reg]``, with VFM-UDA's light head or, ``head="pyramid"``,
+            ViT-Adapter + pyramid head; ``checkpoint`` also takes the official DINOv2 files;
+            see docs/vfm.md), or any segmentation_models_pytorch
             architecture name (``"unet"``, ``"deeplabv3plus"``, ``"segformer"``, ...;
             case-insensitive), built with ``smp.create_model``.
         num_classes: K.
@@ -208,6 +219,12 @@ def build_segmentor(
             encoder_weights=encoder_weights,
             **kwargs,
         )
+    elif name == "hrda":
+        model = build_hrda(num_classes, encoder, encoder_weights, **kwargs)
+    elif name == "vfm":  # DINOv2 ViT (timm): reads DINOv2 files itself, then library ones
+        _check_kwargs(arch, VFMSegmentor, kwargs, reserved)
+        model = build_vfm(num_classes, encoder, encoder_weights, checkpoint, **kwargs)
+        checkpoint = None
     elif name in smp.MODEL_ARCHITECTURES_MAPPING:
         model = _build_smp(name, num_classes, encoder or "resnet34", encoder_weights, kwargs)
         # smp's encoders take ImageNet-normalised RGB (their ImageNet weights were trained on it).

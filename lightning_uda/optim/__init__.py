@@ -5,7 +5,19 @@ gradient folding into SGD's momentum buffer)."""
 from __future__ import annotations
 
 from lightning_uda.optim.folding import FoldingSGD
+from lightning_uda.optim.layer_decay import (
+    layer_decay_param_groups,
+    layer_lr_multipliers,
+    warmup_linear_factor,
+)
 from lightning_uda.optim.schedule import poly_lr_factor
 from lightning_uda.optim.settings import OptimizerSettings
 
-__all__ = ["FoldingSGD", "OptimizerSettings", "poly_lr_factor"]
+__all__ = [
+    "FoldingSGD",
+    "OptimizerSettings",
+    "layer_decay_param_groups",
+    "layer_lr_multipliers",
+    "poly_lr_factor",
+    "warmup_linear_factor",
+]

@@ -43,3 +43,28 @@ def test_predict_writes_full_resolution_label_id_pngs(fixtures_root, tmp_path):
     assert out.shape == (128, 256)  # the image's size on disk, not the 512×1024 network input
     valid_label_ids = {lab.id for lab in CITYSCAPES_LABELS if 0 <= lab.train_id < 19}
     assert set(np.unique(out).tolist()) <= valid_label_ids
+
+
+@pytest.mark.fit
+def test_acdc_predictions_are_train_ids_named_like_their_images(fixtures_root, tmp_path):
+    from lightning_uda.callbacks import BenchmarkPredictionWriter
+    from lightning_uda.data.acdc import ACDC
+    from tests.helpers.trees import acdc_tree, frame
+
+    rgb, ids, _ = frame(fixtures_root)
+    root = acdc_tree(tmp_path / "acdc", rgb, ids, conditions=("night",))
+    test = ACDC(root, split="test", conditions="night", return_mask=False, return_meta=True)
+    torch.manual_seed(0)
+    module = SourceOnlyModule(num_classes=19, arch="tiny_unet")
+    writer = BenchmarkPredictionWriter(tmp_path / "preds", benchmark="acdc")
+    trainer = Trainer(
+        accelerator="cpu", logger=False, callbacks=[writer], enable_progress_bar=False
+    )
+    outputs = trainer.predict(module, dataloaders=DataLoader(test, batch_size=1))
+    written = sorted((tmp_path / "preds").iterdir())
+    assert [p.name for p in written] == ["GOPR0475_frame_000040_rgb_anon.png"]
+    out = np.array(Image.open(written[0]))
+    assert out.shape == (128, 256)
+    assert (out == outputs[0]["pred"][0].numpy()).all()  # train ids as predicted, not label ids
+    with pytest.raises(ValueError, match=r"unknown benchmark 'kitti'.*'acdc', 'darkzurich'"):
+        BenchmarkPredictionWriter(tmp_path, benchmark="kitti")

@@ -371,3 +371,36 @@ def test_gta_example_selects_by_an_unsupervised_signal(common, tmp_path, fixture
     (metrics,) = (tmp_path / "out").rglob("metrics.csv")
     header = metrics.read_text().splitlines()[0].split(",")
     assert {f"val_unsup/{n}" for n in SIGNALS} <= set(header) and "val/mIoU" in header
+
+
+# ------------------------------------------------------------------ several targets
+@pytest.mark.fit
+def test_several_targets_each_scored_alone_first_under_the_plain_keys(tmp_path):
+    torch.manual_seed(0)
+    module = SourceOnlyModule(**tiny_module_kwargs())
+    options = dict(batch_size=2, snd_pixels=300, source_frequencies=SOURCE_FREQUENCIES)
+    night, fog = unlabelled(), ToyScenes(6, seed=8)
+    alone = {
+        name: UnsupervisedValidation(images, **options).evaluate(module)
+        for name, images in (("night", night), ("fog", fog))
+    }
+    assert alone["night"]["entropy"] != pytest.approx(alone["fog"]["entropy"])
+    both = UnsupervisedValidation({"night": night, "fog": fog}, **options)
+    recorder = Recorder()
+    trainer = validating_trainer(tmp_path, max_steps=1, callbacks=[both, recorder])
+    trainer.fit(module, datamodule=toy_datamodule())
+    # the weights changed by one step: compare with the same weights, scored alone now
+    alone = {
+        name: UnsupervisedValidation(images, **options).evaluate(module)
+        for name, images in (("night", night), ("fog", fog))
+    }
+    logged = recorder.seen[-1]
+    for name, values in alone.items():
+        for signal, value in values.items():
+            assert logged[f"val_unsup/{name}/{signal}"] == pytest.approx(value, rel=1e-6)
+    for signal, value in alone["night"].items():  # the first target under the plain keys
+        assert logged[f"val_unsup/{signal}"] == pytest.approx(value, rel=1e-6)
+    with pytest.raises(ValueError, match=r"no target 'rain'.*\['night', 'fog'\]"):
+        both.evaluate(module, target="rain")
+    with pytest.raises(TypeError, match=r"data\['fog'\] must be a Dataset"):
+        UnsupervisedValidation({"night": night, "fog": [1, 2]})

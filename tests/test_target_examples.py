@@ -1,0 +1,153 @@
+"""The adverse-condition and domain-generalisation fronts (examples/cityscapes_to_acdc.py,
+cityscapes_to_darkzurich.py, gta_to_many.py) and the recipe layers they resolve."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lightning_uda.recipes import lookup as get
+from tests.helpers.examples import gta_and_cityscapes, load_example
+from tests.helpers.trees import acdc_tree, frame, write_jpg, write_png
+
+DATA = "data.init_args"
+
+
+@pytest.fixture(scope="module")
+def common():
+    return load_example("_common")
+
+
+@pytest.mark.parametrize("target", ["acdc", "darkzurich"])
+def test_hrda_layers_undo_the_cityscapes_only_settings(common, target):
+    files = common.recipe_files("cityscapes", "mic_hrda", target=target)
+    assert [f.name for f in files][-2:] == ["mic_hrda.yaml", f"cityscapes_{target}.mic_hrda.yaml"]
+    recipe = common.load_recipe(files)
+    target_transform = get(recipe, f"{DATA}.target.init_args.transform.init_args")
+    # MIC experiment 80: ACDC / Dark Zurich at 1920×1080 (960×540 × 2), no pseudo-label margins
+    assert target_transform["resize"] == [540, 960] and target_transform["resize_scale"] == 2.0
+    assert target_transform["pseudo_label_margins"] is None
+    assert get(recipe, f"{DATA}.val.init_args.transform.init_args.resize") == [1080, 1920]
+    assert get(recipe, "model.init_args.slide_window") == [1024, 1024]
+    source = get(recipe, f"{DATA}.source.class_path")
+    assert source == "lightning_uda.data.Cityscapes"
+
+
+@pytest.mark.parametrize("method", ["daformer", "mic"])
+def test_daformer_layers_drop_the_pseudo_label_crop(common, method):
+    recipe = common.load_recipe(common.recipe_files("cityscapes", method, target="acdc"))
+    assert get(recipe, "model.init_args.pseudo_label_crop") == [0, 0]
+    assert get(recipe, f"{DATA}.val.init_args.transform.init_args.resize") == [540, 960]
+    # without an adjustment layer the GTA5 → Cityscapes recipe is unchanged
+    plain = common.load_recipe(common.recipe_files("gta5", method))
+    assert get(plain, "model.init_args.pseudo_label_crop") == [15, 120]
+
+
+def test_data_root_goes_to_each_dataset_by_class(common, tmp_path):
+    front = load_example("gta_to_many")
+    args = common.parse_args("x", ["--data-root", str(tmp_path)], methods=front.METHODS)
+    files = common.recipe_files("gta5", args.method, target="dg", method_dir="dg")
+    values, _ = common.overrides(args, "gta5", common.load_recipe(files), target="dg")
+    assert values[f"{DATA}.source.init_args.root"] == str(tmp_path / "gta5")
+    assert values[f"{DATA}.val.bdd100k.init_args.root"] == str(tmp_path / "bdd100k")
+    assert values[f"{DATA}.val.mapillary.init_args.root"] == str(tmp_path / "mapillary")
+    assert values["checkpoints.dirpath"].endswith("gta52dg-source_only_daformer/checkpoints")
+    with pytest.raises(SystemExit, match="several validation sets"):
+        common.overrides(
+            common.parse_args("x", ["--print-recipe", "--eval-size", "64", "128"]),
+            "gta5",
+            common.load_recipe(files),
+            target="dg",
+        )
+
+
+@pytest.mark.parametrize(
+    ("front", "published"),
+    [("cityscapes_to_acdc", "MIC (HRDA) 70.4"), ("cityscapes_to_darkzurich", "MIC (HRDA) 60.2")],
+)
+def test_print_recipe_shows_the_published_figures(front, published, capsys):
+    module = load_example(front)
+    module.main(["--method", "mic_hrda", "--print-recipe"])
+    out = capsys.readouterr().out
+    assert published in out and f"cityscapes_{front.split('_to_')[1]}.mic_hrda.yaml" in out
+    with pytest.raises(SystemExit):  # DACS has no recipe for these benchmarks
+        module.parse_args("x", ["--method", "dacs"], module.METHODS)
+
+
+def _dg_tree(root: Path, fixtures_root: Path) -> None:
+    gta_and_cityscapes(root, fixtures_root)
+    rgb, ids, train_ids = frame(fixtures_root)
+    for i in range(2):
+        write_jpg(root / f"bdd100k/images/10k/val/b{i}.jpg", rgb)
+        write_png(root / f"bdd100k/labels/sem_seg/masks/val/b{i}.png", train_ids)
+        # a portrait Mapillary image: shorter side 128 → 512
+        write_jpg(root / f"mapillary/validation/images/m{i}.jpg", np.ascontiguousarray(rgb[:, :96]))
+        write_png(root / f"mapillary/validation/labels/m{i}.png", np.full((128, 96), 13, np.uint8))
+
+
+def _fit_small(common, front, source: str, target: str, argv: list[str], small: dict) -> None:
+    """The front's ``lightning-uda fit`` command for ``argv``, with ``small`` overrides (tiny
+    crops and evaluation sizes: the recipes' 512² crops take minutes on a CPU)."""
+    from lightning_uda.cli import main
+
+    args = common.parse_args("x", argv, front.METHODS)
+    method_dir = "dg" if target == "dg" else "methods"
+    files = common.recipe_files(source, args.method, target=target, method_dir=method_dir)
+    values, _ = common.overrides(args, source, common.load_recipe(files), target=target)
+    values.update(small)
+    command = ["fit", *(a for f in files for a in ("--config", str(f)))]
+    command += [f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in values.items()]
+    main(command)
+
+
+def _small(train: list[str], val: dict) -> dict:
+    out = {"trainer.num_sanity_val_steps": 0, "model.init_args.checkpoint": None}
+    for key in train:
+        out[f"{DATA}.{key}.init_args.transform.init_args.resize"] = [64, 128]
+        out[f"{DATA}.{key}.init_args.transform.init_args.crop"] = [64, 64]
+    out.update({f"{DATA}.{k}.init_args.transform.init_args.{a}": v for k, (a, v) in val.items()})
+    return out
+
+
+def _argv(root: Path, out: Path) -> list[str]:
+    argv = ["--data-root", str(root), "--encoder", "mit_b0", "--accelerator", "cpu"]
+    argv += ["--max-steps", "1", "--val-every", "1", "--num-workers", "0"]
+    return [*argv, "--output", str(out)]
+
+
+@pytest.mark.fit
+def test_dg_recipe_trains_and_logs_every_target(common, tmp_path, fixtures_root):
+    _dg_tree(tmp_path / "data", fixtures_root)
+    front = load_example("gta_to_many")
+    val = {
+        "val.cityscapes": ("resize", [64, 128]),
+        "val.bdd100k": ("short_side", 64),
+        "val.mapillary": ("short_side", 64),
+    }
+    small = _small(["source", "target"], val)
+    _fit_small(common, front, "gta5", "dg", _argv(tmp_path / "data", tmp_path / "out"), small)
+    (metrics,) = (tmp_path / "out").rglob("metrics.csv")
+    header = set(metrics.read_text().splitlines()[0].split(","))
+    expected = {"val/mIoU", *(f"val/{n}/mIoU" for n in ("cityscapes", "bdd100k", "mapillary"))}
+    assert expected <= header, sorted(header)
+
+
+@pytest.mark.fit
+@pytest.mark.slow
+def test_acdc_recipe_trains(common, tmp_path, fixtures_root):
+    data = tmp_path / "data"
+    gta_and_cityscapes(data, fixtures_root)
+    shutil.rmtree(data / "gta5")
+    rgb, ids, _ = frame(fixtures_root)
+    acdc_tree(data / "acdc", rgb, ids)
+    front = load_example("cityscapes_to_acdc")
+    argv = [*_argv(data, tmp_path / "out"), "--method", "daformer", "--select-by", "val/mIoU"]
+    small = _small(["source", "target"], {"val": ("resize", [64, 128])})
+    small["checkpoints.unlabelled.init_args.transform.init_args.resize"] = [64, 128]
+    _fit_small(common, front, "cityscapes", "acdc", argv, small)
+    names = sorted(p.name for p in (tmp_path / "out").rglob("*.ckpt"))
+    assert "last.ckpt" in names and any(n.startswith("step") for n in names), names
