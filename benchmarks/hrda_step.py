@@ -51,7 +51,11 @@ def _module(run: str, args: argparse.Namespace) -> Any:
         warmup_steps=0,
     )
     if run == "hrda":
-        return HRDAModule(model_kwargs={"detail_size": (args.size // 2, args.size // 2)}, **common)
+        detail = {
+            "detail_size": (args.size // 2, args.size // 2),
+            "detail_window_batch": args.detail_window_batch,
+        }
+        return HRDAModule(model_kwargs=detail, **common)
     return DAFormerModule(arch="daformer", **common)
 
 
@@ -199,6 +203,12 @@ def main() -> None:
         "--json", type=Path, default=Path(__file__).parent / "results" / "hrda_step.json"
     )
     parser.add_argument(
+        "--detail-window-batch",
+        type=int,
+        default=None,
+        help="HRDA's sliding detail windows per forward (default: all at once, as HRDA)",
+    )
+    parser.add_argument(
         "--memory-only",
         action="store_true",
         help="only the memory runs (CPU): no operation count, no timing",
@@ -212,7 +222,7 @@ def main() -> None:
         return
 
     options = ["encoder", "size", "batch_size", "warmup", "steps", "device", "precision"]
-    options += ["threads"]
+    options += ["threads"] + (["detail_window_batch"] if args.detail_window_batch else [])
 
     def child(run: str, extra: list[str] = (), live_memory: bool = False) -> dict[str, float]:
         cmd = [sys.executable, __file__, "--run", run, *extra]
@@ -270,7 +280,8 @@ def main() -> None:
     header = (
         f"{args.encoder}, HRDA crop {args.size}² (detail {args.size // 2}²), batch "
         f"{args.batch_size}+{args.batch_size}, {args.device}, {args.precision}, {args.threads} "
-        f"thread(s), {args.warmup} warm-up + {args.steps} timed steps, {args.repeats} run(s)"
+        f"thread(s), {args.warmup} warm-up + {args.steps} timed steps, {args.repeats} run(s), "
+        f"HRDA detail windows per forward: {args.detail_window_batch or 'all'}"
     )
     print(f"\n### HRDA vs DAFormer step ({header})\n")
     print(

@@ -20,7 +20,14 @@ from tests.helpers.examples import EXAMPLES, gta_and_cityscapes, load_example
 from tests.helpers.methods import cpu_trainer, tiny_module_kwargs, toy_datamodule
 
 METHODS = sorted(p.stem for p in (EXAMPLES / "recipes" / "methods").glob("*.yaml"))
-DEEPLAB = [m for m in METHODS if m not in ("daformer", "mic", "lsd_seg")]
+#: method → its recipe's segmentor architecture
+ARCHS = {
+    m: yaml.safe_load((EXAMPLES / "recipes" / "methods" / f"{m}.yaml").read_text())["model"][
+        "init_args"
+    ]["arch"]
+    for m in METHODS
+}
+DEEPLAB = [m for m in METHODS if ARCHS[m] == "deeplabv2"]
 
 
 @pytest.fixture(scope="module")
@@ -363,6 +370,12 @@ INIT_FILES = {
     "daformer": "mit_b5.pth",
     "mic": "mit_b5.pth",
     "lsd_seg": "ImageNet vgg16",
+    "hrda": "mit_b5.pth",
+    "mic_hrda": "mit_b5.pth",
+    "vfm_uda": "dinov2_vitb14_pretrain.pth",
+    "vfm_uda_pp_base": "dinov2_vitb14_pretrain.pth",
+    "vfm_uda_large": "dinov2_vitl14_pretrain.pth",
+    "vfm_uda_pp": "dinov2_vitl14_pretrain.pth",
 }
 
 
@@ -375,8 +388,10 @@ def test_every_recipe_refuses_random_weights_naming_its_file(common, tmp_path, m
             common.refuse_random_init(method, recipe, from_scratch=False)
         message = str(exit_info.value.code)
         assert name in message and "--from-scratch" in message, method
-        if method in ("daformer", "mic", "lsd_seg"):
+        if ARCHS[method] != "deeplabv2":
             assert "Caffe" not in message, method
+            if ARCHS[method] == "vfm":  # no ImageNet weights to offer for DINOv2
+                assert "--encoder-weights" not in message, method
         else:  # the DeepLabV2 message, not the MiT one
             assert "Caffe layout" in message and "MiT" not in message, method
             assert "feature distance" not in message, method

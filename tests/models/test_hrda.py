@@ -41,6 +41,11 @@ def test_full_resolution_detail_logits_average_the_windows_on_the_fused_grid(hrd
             count[..., top // 4 : top // 4 + 8, left // 4 : left // 4 + 8] += 1
     expected = total / count
     torch.testing.assert_close(hrda.sliding_detail_logits(x), expected)
+    hrda.detail_window_batch = 4  # bounded memory: the same average (eval-mode BatchNorm)
+    try:
+        torch.testing.assert_close(hrda.sliding_detail_logits(x), expected)
+    finally:
+        hrda.detail_window_batch = None
     # and the inference forward fuses them with the context over the whole input (no box)
     small = torch.nn.functional.interpolate(x, scale_factor=0.5, mode="bilinear")
     features = hrda.extract_features(small)
