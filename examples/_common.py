@@ -44,14 +44,21 @@ _DATA = "data.init_args"
 
 
 def parse_args(
-    description: str, argv: list[str] | None = None, methods: Sequence[str] | None = None
+    description: str,
+    argv: list[str] | None = None,
+    methods: Sequence[str] | None = None,
+    sources: Sequence[str] | None = None,
 ) -> argparse.Namespace:
-    """The fronts' flags; ``methods`` limits ``--method`` (default: every method layer)."""
+    """The fronts' flags; ``methods`` limits ``--method`` (default: every method layer);
+    ``sources`` adds ``--source`` with these choices (default the first) for fronts that offer
+    several source data layers."""
     parser = argparse.ArgumentParser(description=description)
     add = parser.add_argument
     add("--data-root", type=Path, help="folder with the datasets (for training)")
     choices = list(methods or METHODS)
     add("--method", choices=choices, default="dacs" if "dacs" in choices else choices[0])
+    if sources:
+        add("--source", choices=list(sources), default=sources[0], help="training source")
     add("--encoder", default=None, help="backbone (default the recipe's; e.g. resnet18, mit_b0)")
     add("--devices", type=int, default=1, help="GPUs (or CPU processes) per node")
     add(
@@ -295,6 +302,9 @@ def overrides(
             name = str(get(recipe, f"{key}.class_path", "")).rsplit(".", 1)[-1]
             if name in DATA_FOLDERS:
                 out[f"{key}.init_args.root"] = str(args.data_root / DATA_FOLDERS[name])
+            parts = get(recipe, f"{key}.init_args.datasets", None)
+            if isinstance(parts, list):  # a ConcatSegmentation: the list with each part's root
+                out[f"{key}.init_args.datasets"] = [_rooted(p, args.data_root) for p in parts]
     run = f"{source}2{target}-{method}"
     logger = {"save_dir": str(args.output), "name": run}
     if args.logger == "wandb":
@@ -313,6 +323,18 @@ def overrides(
 
 
 _MISSING = object()
+
+
+def _rooted(dataset: Any, data_root: Path) -> Any:
+    """A dataset node (``class_path``/``init_args``) with ``root`` under ``data_root`` by its
+    class (:data:`DATA_FOLDERS`); other nodes unchanged."""
+    if not isinstance(dataset, dict):
+        return dataset
+    name = str(dataset.get("class_path", "")).rsplit(".", 1)[-1]
+    if name not in DATA_FOLDERS:
+        return dataset
+    init = {**dataset.get("init_args", {}), "root": str(data_root / DATA_FOLDERS[name])}
+    return {**dataset, "init_args": init}
 
 
 def _split_global_batch(global_batch: int, devices: int, nodes: int, least: int) -> int:

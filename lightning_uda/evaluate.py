@@ -44,7 +44,7 @@ from lightning_uda.constants import IGNORE_INDEX
 from lightning_uda.data.files import image_size
 from lightning_uda.extras import require
 from lightning_uda.losses.cross_entropy import upsample_logits
-from lightning_uda.predict import InferenceSettings, Segmenter, _devices
+from lightning_uda.predict import InferenceSettings, Segmenter, lightning_flags
 from lightning_uda.quiet import quiet_run
 from lightning_uda.run_info import CheckpointInfo, NotALibraryCheckpointError
 
@@ -244,13 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     out = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}_{args.split}")
-    trainer_kwargs: dict[str, Any] = {
-        "devices": _devices(args.devices),
-        "accelerator": args.accelerator,
-        "enable_progress_bar": not args.no_progress_bar,
-    }
-    if args.precision is not None:
-        trainer_kwargs["precision"] = args.precision
+    trainer_kwargs = lightning_flags(args)
     try:
         with quiet_run():
             names, iou = evaluate(

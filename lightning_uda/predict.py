@@ -372,17 +372,24 @@ def _devices(value: str) -> int | str:
     return int(value) if value.lstrip("-").isdigit() else value
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``lightning-uda predict``; returns the exit status (1 when an input was skipped)."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    trainer_kwargs: dict[str, Any] = {
+def lightning_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``Trainer`` keyword arguments of the ``--devices``, ``--accelerator``, ``--precision``
+    and ``--no-progress-bar`` flags (``predict`` and ``evaluate`` share them)."""
+    flags: dict[str, Any] = {
         "devices": _devices(args.devices),
         "accelerator": args.accelerator,
         "enable_progress_bar": not args.no_progress_bar,
     }
     if args.precision is not None:
-        trainer_kwargs["precision"] = args.precision
+        flags["precision"] = args.precision
+    return flags
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``lightning-uda predict``; returns the exit status (1 when an input was skipped)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    trainer_kwargs = lightning_flags(args)
     try:
         with quiet_run():
             written, skipped = predict(

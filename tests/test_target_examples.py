@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
+from lightning_uda.methods import HRDAModule, MICModule
 from lightning_uda.recipes import lookup as get
 from tests.helpers.examples import gta_and_cityscapes, load_example
 from tests.helpers.trees import acdc_tree, frame, write_jpg, write_png
@@ -151,3 +153,32 @@ def test_acdc_recipe_trains(common, tmp_path, fixtures_root):
     _fit_small(common, front, "cityscapes", "acdc", argv, small)
     names = sorted(p.name for p in (tmp_path / "out").rglob("*.ckpt"))
     assert "last.ckpt" in names and any(n.startswith("step") for n in names), names
+
+
+@pytest.mark.parametrize(
+    ("front", "method", "mode"),
+    [
+        ("cityscapes_to_acdc", "mic", "separate"),
+        ("cityscapes_to_darkzurich", "mic_hrda", "separate"),
+    ],
+)
+def test_mic_layers_set_mics_mask_mode_and_it_reaches_the_module(front, method, mode, capsys):
+    # MIC experiment 80: 'separate' for Cityscapes → ACDC / Dark Zurich
+    load_example(front).main(["--method", method, "--print-recipe"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    init = config["model"]["init_args"]
+    assert init["mask_mode"] == mode
+    # the printed arguments build the module (a small encoder, no MiT-B5 weights file)
+    kwargs = {k: v for k, v in init.items() if k not in ("checkpoint", "encoder", "arch")}
+    if method == "mic":
+        kwargs.update(arch="tiny_unet")
+    else:
+        kwargs.update(arch="hrda", encoder="mit_b0")
+    cls = {"mic": MICModule, "mic_hrda": HRDAModule}[method]
+    assert cls(**kwargs).hparams.mask_mode == mode
+
+
+def test_gta5_mic_recipes_keep_the_augmented_target(common):
+    for method in ("mic", "mic_hrda"):
+        recipe = common.load_recipe(common.recipe_files("gta5", method))
+        assert get(recipe, "model.init_args.mask_mode") == "separatetrgaug"

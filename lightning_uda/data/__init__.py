@@ -12,6 +12,7 @@ from lightning_uda.data.acdc import ACDC, ACDC_CONDITIONS
 from lightning_uda.data.archive_folder import ArchiveAwareFolder
 from lightning_uda.data.archives import ArchiveError, ZipFolder, close_archives
 from lightning_uda.data.bdd100k import BDD100K
+from lightning_uda.data.concat import ConcatSegmentation
 from lightning_uda.data.dark_zurich import DARK_ZURICH_TIMES, DarkZurich
 from lightning_uda.data.datamodule import UDADataModule
 from lightning_uda.data.datasets import GTA5, SYNTHIA, Cityscapes
@@ -87,6 +88,7 @@ __all__ = [
     "SYNTHIA_ID_TO_TRAIN_ID",
     "TRAIN_ID_TO_CITYSCAPES_ID",
     "Cityscapes",
+    "ConcatSegmentation",
     "DatasetLayoutError",
     "DomainSampler",
     "RareClassDomainSampler",

@@ -52,6 +52,7 @@ from lightning_uda.data.checks import (
     _check_normalization,
     _source_label,
 )
+from lightning_uda.data.concat import label_check_indices
 from lightning_uda.data.files import AllIgnoreLabelError
 from lightning_uda.data.labels import CITYSCAPES_PALETTE
 from lightning_uda.data.rcs import (
@@ -406,9 +407,10 @@ class UDADataModule(L.LightningDataModule):
         count = min(self.label_check_items, len(self.source))  # type: ignore[arg-type]
         if count == 0:
             return
+        indices = label_check_indices(self.source, count)  # shared out over concat parts
         empty = [
             where
-            for where, mask in (_source_label(self.source, i) for i in range(count))
+            for where, mask in (_source_label(self.source, i) for i in indices)
             if bool(np.all(np.asarray(mask) == IGNORE_INDEX))
         ]
         if not empty:

@@ -49,6 +49,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from lightning_uda.data.concat import item_dataset
 from lightning_uda.data.rcs import RareClassSampler, RareClassSampling
 
 __all__ = ["DomainSampler", "RareClassDomainSampler"]
@@ -225,7 +226,8 @@ class _DomainItems(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def _load(self, index: int, item_seed: int) -> dict[str, Any]:
-        transform = getattr(self.dataset, "transform", None)
+        # the transform of the dataset the item comes from (a part of a ConcatSegmentation)
+        transform = getattr(item_dataset(self.dataset, index)[0], "transform", None)
         if isinstance(transform, A.BaseCompose):
             # One generator shared by all the pipeline's transforms (set_random_seed would give
             # each transform the same seed, correlating e.g. crop position and flip).

@@ -13,6 +13,13 @@ The loss (:func:`masked_consistency_loss`), added to any self-training module wi
 2. the student's weighted CE on the masked images against the teacher's pseudo-labels of the full
    images, with their weights (q and the pseudo-label crop): λ × mean over all pixels.
 
+Which images are masked is ``mask_mode``, with the names of MIC's code (:func:`masked_inputs`):
+step 1 above is the default ``"separatetrgaug"`` (MIC's GTA5/SYNTHIA → Cityscapes runs). MIC's
+Cityscapes → ACDC and → Dark Zurich runs use ``"separate"``: one source image with its label
+(weight 1) and one target image with its pseudo-label (batch 2), neither colour-augmented; the
+``...src`` modes mask the labelled source batch, ``...trg`` the target batch, and the ``...aug``
+suffix applies the module's strong augmentation to the images to be masked first.
+
 :class:`MICModule` is MIC on DAFormer, per step on top of
 :class:`~lightning_uda.methods.DAFormerModule`: source CE (+ ImageNet feature distance);
 teacher pseudo-labels ŷ and weight q on the un-augmented target, pseudo-label crop; DACS' mixed
@@ -26,8 +33,10 @@ block to 32 px.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor, nn
 
 from lightning_uda.losses import pixel_weighted_cross_entropy
@@ -37,17 +46,89 @@ from lightning_uda.mixing import block_mask, random_token_mask
 if TYPE_CHECKING:
     from lightning_uda.methods.self_training import SelfTrainingModule
 
-__all__ = ["MICModule", "masked_consistency_loss"]
+__all__ = ["MICModule", "masked_consistency_loss", "masked_inputs"]
+
+
+def masked_inputs(
+    module: SelfTrainingModule,
+    images: Tensor,
+    labels: Tensor,
+    weights: Tensor,
+    source: Mapping[str, Tensor] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The images MIC masks for ``module.hparams.mask_mode``, with their labels and weights,
+    before the blocks are blanked.
+
+    ``images``, ``labels``, ``weights``: the target batch (``B×3×H×W``) and the teacher's
+    pseudo-labels and weights (``B×H×W``); ``source``: the labelled source batch (``"image"``,
+    ``"mask"``), needed by every mode but ``"separatetrg(aug)"``. Source pixels get weight 1
+    (void pixels count 0 in the loss, as in the source CE of mmseg). ``"separate(aug)"`` stacks
+    the first ``B // 2`` source images and the first ``B − B // 2`` target images (MIC's code:
+    batch 2, one of each), so source and target crops must have the same size. The ``...aug``
+    modes then apply :meth:`~lightning_uda.methods.SelfTrainingModule.strong_augment`.
+
+    Raises:
+        ValueError: a source mode without ``source``; ``"separate(aug)"`` with a target batch of
+            one image, too few source images, or source and target crops of different sizes.
+    """
+    mode = module.hparams.mask_mode
+    owner = type(module).__name__
+    if not mode.startswith("separatetrg"):
+        if source is None:
+            raise ValueError(
+                f"{owner}: mask_mode={mode!r} masks source images: pass source=batch['source'] "
+                "to masked_consistency_loss, or use mask_mode='separatetrgaug'/'separatetrg'"
+            )
+        source_images, source_labels = source["image"], source["mask"]
+        ones = torch.ones(source_labels.shape, dtype=weights.dtype, device=weights.device)
+        if mode.startswith("separatesrc"):
+            images, labels, weights = source_images, source_labels, ones
+        else:
+            images, labels, weights = _half_and_half(
+                owner, mode, (source_images, source_labels, ones), (images, labels, weights)
+            )
+    if mode.endswith("aug"):
+        images, labels, weights = module.strong_augment(images, labels, weights)
+    return images, labels, weights
+
+
+def _half_and_half(
+    owner: str, mode: str, source: tuple[Tensor, ...], target: tuple[Tensor, ...]
+) -> tuple[Tensor, ...]:
+    """The first ``B // 2`` source items followed by the first ``B − B // 2`` target items
+    (``B`` = the target batch size) for ``mask_mode`` "separate" / "separateaug"."""
+    size = target[0].shape[0]
+    n_source = size // 2
+    if n_source == 0 or source[0].shape[0] < n_source:
+        raise ValueError(
+            f"{owner}: mask_mode={mode!r} masks B // 2 source and B − B // 2 target images (MIC: "
+            f"batch 2, one of each); got {source[0].shape[0]} source and {size} target images. "
+            "Use a batch of at least 2 per domain, or mask_mode='separatetrgaug'"
+        )
+    if source[0].shape[-2:] != target[0].shape[-2:]:
+        raise ValueError(
+            f"{owner}: mask_mode={mode!r} stacks source and target crops into one batch, but the "
+            f"source crops are {tuple(source[0].shape[-2:])} and the target crops "
+            f"{tuple(target[0].shape[-2:])}: use crops of one size or another mask_mode"
+        )
+    return tuple(
+        torch.cat([s[:n_source], t[: size - n_source]]) for s, t in zip(source, target, strict=True)
+    )
 
 
 def masked_consistency_loss(
-    module: SelfTrainingModule, images: Tensor, labels: Tensor, weights: Tensor
+    module: SelfTrainingModule,
+    images: Tensor,
+    labels: Tensor,
+    weights: Tensor,
+    source: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
-    """MIC's loss for ``module``: weighted CE of its student on colour-augmented, block-masked
-    target ``images`` (``B×3×H×W``) against the pseudo-labels of the full images (``B×H×W``
-    labels and weights), with the module's ``mask_block_size``, ``mask_ratio``, strong
-    augmentation and random generator."""
-    augmented, _, _ = module.strong_augment(images, labels, weights)
+    """MIC's loss for ``module``: weighted CE of its student on block-masked images against the
+    labels of the full images, with the module's ``mask_mode`` (which images, colour-augmented
+    or not: :func:`masked_inputs`; by default the colour-augmented target ``images``, ``B×3×H×W``,
+    against their pseudo-labels, ``B×H×W`` labels and weights), ``mask_block_size``,
+    ``mask_ratio``, strong augmentation and random generator."""
+    augmented, labels, weights = masked_inputs(module, images, labels, weights, source=source)
     if getattr(module.model, "supports_token_masking", False):  # ViTs: mask tokens, not pixels
         return _token_masked_loss(module, augmented, labels, weights)
     keep = block_mask(
@@ -91,6 +172,10 @@ class MICModule(DAFormerModule):
         mask_block_size: block side in pixels (32 on DAFormer's 512×512 crops of half-resolution
             frames; 64 at full resolution).
         mask_ratio: masked fraction of the blocks (0.7).
+        mask_mode: which images are masked, MIC's names (see
+            :class:`~lightning_uda.methods.SelfTrainingModule`): "separatetrgaug" (default,
+            the colour-augmented target; MIC's GTA5/SYNTHIA → Cityscapes) or "separate" (one
+            source and one target image, not augmented; MIC's Cityscapes → ACDC / Dark Zurich).
         **kwargs: see :class:`DAFormerModule` (DAFormer's defaults) and
             :class:`~lightning_uda.methods.SelfTrainingModule`.
     """
@@ -102,6 +187,7 @@ class MICModule(DAFormerModule):
         masked_consistency_weight: float = 1.0,
         mask_block_size: int = 32,
         mask_ratio: float = 0.7,
+        mask_mode: str = "separatetrgaug",
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -109,5 +195,6 @@ class MICModule(DAFormerModule):
             masked_consistency_weight=masked_consistency_weight,
             mask_block_size=mask_block_size,
             mask_ratio=mask_ratio,
+            mask_mode=mask_mode,
             **kwargs,
         )

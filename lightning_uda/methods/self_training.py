@@ -35,7 +35,19 @@ from lightning_uda.methods.base import Losses, UDAModule
 from lightning_uda.methods.teacher import MeanTeacher, TeacherBatchNorm, batch_statistics
 from lightning_uda.mixing import MIX_MODES, StrongAugment, class_mix_mask, mix
 
-__all__ = ["MixInputs", "SelfTrainingModule", "batch_statistics"]
+__all__ = ["MASK_MODES", "MixInputs", "SelfTrainingModule", "batch_statistics"]
+
+#: MIC's ``mask_mode`` names (``masked_consistency_weight > 0``): which images are masked and
+#: whether they are colour-augmented first (``...aug``). See
+#: :func:`lightning_uda.methods.mic.masked_inputs`.
+MASK_MODES = (
+    "separatetrgaug",
+    "separatetrg",
+    "separate",
+    "separateaug",
+    "separatesrc",
+    "separatesrcaug",
+)
 
 
 class MixInputs(NamedTuple):
@@ -103,6 +115,15 @@ class SelfTrainingModule(MeanTeacher, UDAModule):
             ``mask_block_size`` blocks (:func:`~lightning_uda.mixing.block_mask`, a
             ``mask_ratio`` fraction) and the student must predict the teacher's pseudo-labels of
             the full images on them (same labels, same weights q).
+        mask_mode: which images MIC masks, with MIC's names (:data:`MASK_MODES`):
+            "separatetrgaug" (default; MIC's GTA5/SYNTHIA → Cityscapes runs): the target batch,
+            colour-augmented; "separatetrg": the target batch as loaded (no colour
+            augmentation); "separate" (MIC's Cityscapes → ACDC / Dark Zurich runs): half a
+            batch of source images with their labels (weight 1) followed by target images with
+            their pseudo-labels, not augmented (batch 2: one of each); "separateaug": the same,
+            colour-augmented; "separatesrc" / "separatesrcaug": the source batch with its
+            labels, without / with colour augmentation. The augmentation is the module's strong
+            augmentation (none with ``strong_augmentation=False``).
         mask_block_size: MIC's block side in pixels (64 at 512×512 crops).
         mask_ratio: masked fraction of the blocks (0.7).
         **kwargs: the arguments of :class:`UDAModule`.
@@ -136,6 +157,7 @@ class SelfTrainingModule(MeanTeacher, UDAModule):
         masked_consistency_weight: float = 0.0,
         mask_block_size: int = 64,
         mask_ratio: float = 0.7,
+        mask_mode: str = "separatetrgaug",
         jitter_semantics: str = "torchvision",
         augment_decision: str = "per_image",
         jitter_strength: float = 0.25,
@@ -166,6 +188,10 @@ class SelfTrainingModule(MeanTeacher, UDAModule):
         check_range(owner, "masked_consistency_weight", masked_consistency_weight, 0)
         check_range(owner, "mask_block_size", mask_block_size, 1)
         check_range(owner, "mask_ratio", mask_ratio, 0, 1)
+        if mask_mode not in MASK_MODES:
+            raise ValueError(
+                f"{owner}: mask_mode must be one of {MASK_MODES} (MIC's names), got {mask_mode!r}"
+            )
         if mix_mode not in MIX_MODES:
             raise ValueError(f"mix_mode must be one of {MIX_MODES}, got {mix_mode!r}")
         self.mix_rounding = mix_rounding or self.default_mix_rounding
@@ -237,7 +263,9 @@ class SelfTrainingModule(MeanTeacher, UDAModule):
         self.last_mix = {"image": images.detach(), "label": labels, "weight": weights}
         yield "mixed", self.hparams.mixed_weight * self.mixed_loss(images, labels, weights)
         if self.hparams.masked_consistency_weight > 0:
-            masked = self.masked_consistency_loss(target["image"], pseudo_labels, pseudo_weights)
+            masked = self.masked_consistency_loss(
+                target["image"], pseudo_labels, pseudo_weights, source=batch["source"]
+            )
             yield "masked", self.hparams.masked_consistency_weight * masked
 
     # ------------------------------------------------------------------ hooks
@@ -277,9 +305,17 @@ class SelfTrainingModule(MeanTeacher, UDAModule):
             align_corners=self.align_corners,
         )
 
-    def masked_consistency_loss(self, images: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
-        """MIC's loss on the target (:func:`lightning_uda.methods.mic.masked_consistency_loss`)."""
+    def masked_consistency_loss(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        weights: Tensor,
+        source: Mapping[str, Tensor] | None = None,
+    ) -> Tensor:
+        """MIC's loss on the target ``images`` with their pseudo-labels and weights, and on the
+        ``source`` batch where ``mask_mode`` takes source images
+        (:func:`lightning_uda.methods.mic.masked_consistency_loss`)."""
         # imported here: mic.py builds MICModule on DAFormer, which is built on this module
         from lightning_uda.methods.mic import masked_consistency_loss
 
-        return masked_consistency_loss(self, images, labels, weights)
+        return masked_consistency_loss(self, images, labels, weights, source=source)

@@ -97,3 +97,30 @@ def dark_zurich_tree(root: Path, rgb: np.ndarray, ids: np.ndarray, day: bool = T
     write_png(root / "rgb_anon/train/twilight/GOPR0352/GOPR0352_frame_000001_rgb_anon.png", rgb)
     write_png(root / "rgb_anon/test/night/GOPR0364/GOPR0364_frame_000001_rgb_anon.png", rgb)
     return root
+
+
+#: Cityscapes train id → SYNTHIA class id (SYNTHIA-RAND-CITYSCAPES' README class list: 1 sky,
+#: 2 building, 3 road, 4 sidewalk, 5 fence, 6 vegetation, 7 pole, 8 car, 9 traffic sign,
+#: 10 pedestrian, 11 bicycle, 12 motorcycle, 15 traffic light, 16 terrain, 17 rider, 18 truck,
+#: 19 bus, 20 train, 21 wall): independent of lightning_uda/data/labels.py.
+TRAIN_TO_SYNTHIA = {
+    0: 3, 1: 4, 2: 2, 3: 21, 4: 5, 5: 7, 6: 15, 7: 9, 8: 6, 9: 16,
+    10: 1, 11: 10, 12: 17, 13: 8, 14: 18, 15: 19, 16: 20, 17: 12, 18: 11,
+}  # fmt: skip
+
+
+def synthia_tree(root: Path, rgb: np.ndarray, train_ids: np.ndarray, frames: int = 2) -> Path:
+    """SYNTHIA-RAND-CITYSCAPES: ``RGB/000000{i}.png`` and 16-bit ``GT/LABELS/000000{i}.png``
+    whose R channel holds the SYNTHIA ids of ``train_ids`` (:data:`TRAIN_TO_SYNTHIA`; 255 → 0,
+    void) and whose G channel an instance id above 255, as the archive stores them."""
+    raw = np.zeros(train_ids.shape, dtype=np.uint16)
+    for train, synthia in TRAIN_TO_SYNTHIA.items():
+        raw[train_ids == train] = synthia
+    for i in range(frames):
+        write_png(root / f"RGB/000000{i}.png", rgb)
+        label = np.zeros((*raw.shape, 3), dtype=np.uint16)  # BGR order for OpenCV
+        label[..., 2] = raw
+        label[..., 1] = 1000 + i
+        (root / "GT/LABELS").mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(root / f"GT/LABELS/000000{i}.png"), label)
+    return root

@@ -169,6 +169,33 @@ def test_mic_on_hrda_uses_the_multi_resolution_loss_on_the_masked_image():
     torch.testing.assert_close(masked, expected)
 
 
+def test_mic_separate_mode_on_hrda_stacks_a_source_and_a_target_image():
+    # MIC's Cityscapes → ACDC / Dark Zurich mode: one labelled source image (weight 1) and one
+    # target image with its pseudo-label, not colour-augmented, through the same loss
+    module = _module(masked_consistency_weight=1.0, mask_ratio=0.0, mask_mode="separate").eval()
+    g = torch.Generator().manual_seed(4)
+    images = torch.randn(2, 3, 64, 64, generator=g)
+    labels = torch.randint(0, NUM_CLASSES, (2, 64, 64), generator=g)
+    weights = torch.full((2, 64, 64), 0.7)
+    source = {
+        "image": torch.randn(2, 3, 64, 64, generator=g),
+        "mask": torch.randint(0, NUM_CLASSES, (2, 64, 64), generator=g),
+    }
+    module.rng.manual_seed(9)
+    masked = module.masked_consistency_loss(images, labels, weights, source=source)
+    box = module.last_scales["box"]
+    stacked = torch.stack([source["image"][0], images[0]])
+    out = module.model.forward_train(stacked, box=box)
+    y = torch.stack([source["mask"][0], labels[0]])
+    w = torch.stack([torch.ones(64, 64), weights[0]])
+    y1, y2, x1, x2 = box
+    expected = 0.9 * pixel_weighted_cross_entropy(out.fused, y, w)
+    expected += 0.1 * pixel_weighted_cross_entropy(
+        out.detail, y[:, y1:y2, x1:x2], w[:, y1:y2, x1:x2]
+    )
+    torch.testing.assert_close(masked, expected)
+
+
 class _WithMargins(ToyScenes):
     def __getitem__(self, i):
         item = super().__getitem__(i)
