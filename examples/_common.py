@@ -37,6 +37,8 @@ RECIPES = Path(__file__).resolve().parent / "recipes"
 METHODS = sorted(p.stem for p in (RECIPES / "methods").glob("*.yaml"))
 #: ClassMix pairs images within a device's batch.
 MIN_BATCH_PER_DEVICE = {"classmix": 2}
+#: MIC's mask modes that build the masked batch from one source and one target image.
+_TWO_IMAGE_MASK_MODES = ("separate", "separateaug")
 #: Methods whose separate segmentor and discriminator backward passes leave parameters without
 #: gradients in one of them: DDP must be told (the modules check it).
 ADVERSARIAL = ("advent", "adaptseg", "lsd_seg")
@@ -199,6 +201,8 @@ def overrides(
     # the linear scaling rule
     batch = get(recipe, f"{_DATA}.batch_size")
     least = MIN_BATCH_PER_DEVICE.get(method, 1)
+    if init.get("mask_mode") in _TWO_IMAGE_MASK_MODES:  # ACDC / Dark Zurich MIC
+        least = max(least, 2)
     per_device = batch // world if batch % world == 0 else 0
     scale = 1.0
     where = f"{devices} device{'s' if devices > 1 else ''}" + (f" × {nodes} nodes" * (nodes > 1))

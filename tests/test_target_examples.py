@@ -14,9 +14,18 @@ import yaml
 from lightning_uda.methods import HRDAModule, MICModule
 from lightning_uda.recipes import lookup as get
 from tests.helpers.examples import gta_and_cityscapes, load_example
-from tests.helpers.trees import acdc_tree, frame, write_jpg, write_png
+from tests.helpers.trees import (
+    acdc_tree,
+    frame,
+    synthia_tree,
+    to_train_ids,
+    write_jpg,
+    write_png,
+)
 
 DATA = "data.init_args"
+#: The DG data layers' sources (``data/<source>_dg.yaml``).
+SOURCES = ("gta5", "gta5_synthia")
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +105,7 @@ def _fit_small(common, front, source: str, target: str, argv: list[str], small: 
     crops and evaluation sizes: the recipes' 512² crops take minutes on a CPU)."""
     from lightning_uda.cli import main
 
-    args = common.parse_args("x", argv, front.METHODS)
+    args = common.parse_args("x", argv, front.METHODS, list(getattr(front, "SOURCES", [])) or None)
     method_dir = "dg" if target == "dg" else "methods"
     files = common.recipe_files(source, args.method, target=target, method_dir=method_dir)
     values, _ = common.overrides(args, source, common.load_recipe(files), target=target)
@@ -178,7 +187,86 @@ def test_mic_layers_set_mics_mask_mode_and_it_reaches_the_module(front, method, 
     assert cls(**kwargs).hparams.mask_mode == mode
 
 
+def test_mics_separate_mode_keeps_two_images_per_device(capsys):
+    # 'separate' masks one source and one target image of each device's batch: the recipe's
+    # batch of 2 must not split into 1 + 1 over two devices (the linear scaling rule instead)
+    front = load_example("cityscapes_to_acdc")
+    front.main(["--method", "mic", "--devices", "2", "--print-recipe"])
+    out = capsys.readouterr().out
+    config = yaml.safe_load(out)
+    assert config["data"]["init_args"]["batch_size"] == 2
+    assert "linear scaling rule" in out
+    front.main(["--method", "daformer", "--devices", "2", "--print-recipe"])
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]["batch_size"] == 1
+
+
 def test_gta5_mic_recipes_keep_the_augmented_target(common):
     for method in ("mic", "mic_hrda"):
         recipe = common.load_recipe(common.recipe_files("gta5", method))
         assert get(recipe, "model.init_args.mask_mode") == "separatetrgaug"
+
+
+def test_gta5_synthia_source_gets_each_part_s_root_and_prints_no_figure(common, tmp_path, capsys):
+    front = load_example("gta_to_many")
+    argv = ["--data-root", str(tmp_path), "--source", "gta5+synthia"]
+    args = common.parse_args("x", argv, methods=front.METHODS, sources=list(front.SOURCES))
+    files = common.recipe_files("gta5_synthia", args.method, target="dg", method_dir="dg")
+    values, _ = common.overrides(args, "gta5_synthia", common.load_recipe(files), target="dg")
+    parts = values[f"{DATA}.source.init_args.datasets"]
+    assert [p["init_args"]["root"] for p in parts] == [
+        str(tmp_path / d) for d in ("gta5", "synthia")
+    ]
+    assert values["checkpoints.dirpath"].endswith(
+        "gta5_synthia2dg-source_only_daformer/checkpoints"
+    )
+    # the two DG data layers differ in their source only
+    one, two = (common.load_recipe([common.RECIPES / f"data/{s}_dg.yaml"]) for s in SOURCES)
+    for key in ("val", "val_primary", "target", "target_batch_size", "batch_size"):
+        assert get(one, f"{DATA}.{key}") == get(two, f"{DATA}.{key}"), key
+    front.main(["--source", "gta5+synthia", "--print-recipe"])
+    out = capsys.readouterr().out
+    assert "published: none quoted" in out and "GTA5 + SYNTHIA" in out
+    assert "lightning_uda.data.ConcatSegmentation" in out and "data/synthia" in out
+
+
+@pytest.mark.fit
+def test_gta5_synthia_dg_recipe_trains_on_both_sources_and_scores_19_classes(
+    common, tmp_path, fixtures_root, monkeypatch
+):
+    from lightning_uda.methods import SourceOnlyModule
+
+    data = tmp_path / "data"
+    _dg_tree(data, fixtures_root)
+    rgb, ids, _ = frame(fixtures_root)
+    synthia_tree(data / "synthia", rgb, to_train_ids(ids).astype(np.uint8))
+    seen: list[tuple[list[int], dict]] = []
+    step = SourceOnlyModule.training_step
+
+    def recording(self, batch, batch_idx):
+        seen.append((batch["source"]["index"].tolist(), self.class_subsets))
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(SourceOnlyModule, "training_step", recording)
+    front = load_example("gta_to_many")
+    val = {
+        "val.cityscapes": ("resize", [64, 128]),
+        "val.bdd100k": ("short_side", 64),
+        "val.mapillary": ("short_side", 64),
+    }
+    small = _small(["target"], val)
+    argv = [*_argv(data, tmp_path / "out"), "--source", "gta5+synthia", "--max-steps", "3"]
+    args = common.parse_args("x", argv, front.METHODS, sources=list(front.SOURCES))
+    files = common.recipe_files("gta5_synthia", args.method, target="dg", method_dir="dg")
+    values, _ = common.overrides(args, "gta5_synthia", common.load_recipe(files), target="dg")
+    parts = values[f"{DATA}.source.init_args.datasets"]  # rooted under data/; frames made small
+    for part in parts:
+        part["init_args"]["transform"]["init_args"].update(resize=[64, 128], crop=[64, 64])
+    small[f"{DATA}.source.init_args.datasets"] = parts
+    _fit_small(common, front, "gta5_synthia", "dg", argv, small)
+    indices = [i for batch, _ in seen for i in batch]
+    assert len(seen) == 3 and {0, 1} & set(indices) and {2, 3} & set(indices), indices
+    assert all(subsets == {"mIoU": list(range(19))} for _, subsets in seen)
+    (metrics,) = (tmp_path / "out").rglob("metrics.csv")
+    header = metrics.read_text().splitlines()[0].split(",")
+    assert "val/cityscapes/mIoU" in header
+    assert not any("mIoU16" in key or "mIoU13" in key for key in header)  # SYNTHIA's subsets

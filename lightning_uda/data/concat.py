@@ -102,12 +102,11 @@ class ConcatSegmentation(ConcatDataset):
                 f"ConcatSegmentation: part 0 ({_name(reference)}) has no `classes` (class names "
                 "indexed by train id); every part must declare its label space"
             )
-        self.classes: list[str] = list(reference.classes)  # type: ignore[attr-defined]
+        self.classes: list[str] = _agree(parts, "classes", list)
         self.palette: np.ndarray | None = _agree(parts, "palette", np.asarray)
         self.ignore_index: int = _agree(parts, "ignore_index", int, IGNORE_INDEX)
         self.normalization = _agree(parts, "normalization", lambda space: space)
         self.return_mask: bool = _agree(parts, "return_mask", bool, True)
-        _agree(parts, "classes", list)
         subsets = [getattr(part, "class_subsets", None) for part in parts]
         everything = {"mIoU": list(range(len(self.classes)))}
         first = subsets[0]
