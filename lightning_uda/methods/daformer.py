@@ -50,7 +50,7 @@ from lightning_uda.models import forward_with_features
 if TYPE_CHECKING:
     from lightning_uda.methods.self_training import SelfTrainingModule
 
-__all__ = ["DAFormerModule", "source_loss_with_feature_distance"]
+__all__ = ["DAFormerModule", "source_loss_with_feature_distance", "weighted_feature_distance"]
 
 
 def source_loss_with_feature_distance(
@@ -68,11 +68,21 @@ def source_loss_with_feature_distance(
     images, labels = source["image"], source["mask"]
     logits, features = forward_with_features(module.model, images)
     loss = module.source_cross_entropy(logits, labels)
+    return loss + weighted_feature_distance(module, features[-1], images, labels)
+
+
+def weighted_feature_distance(
+    module: SelfTrainingModule, student_features: Tensor, images: Tensor, labels: Tensor
+) -> Tensor:
+    """λ_FD × the ImageNet feature distance between ``student_features`` (the student's deepest
+    encoder features of ``images``) and ``module.imnet_encoder``'s of the same ``images``, over
+    the cells of ``feature_distance_classes`` in ``labels``; logged as ``train/feature_distance``.
+    DAFormer passes the source crop; HRDA its context view (the crop at half resolution)."""
     with torch.no_grad():
         reference = list(module.imnet_encoder(images))[-1]
     hp = module.hparams
     distance = feature_distance(
-        features[-1],
+        student_features,
         reference,
         labels,
         classes=hp.feature_distance_classes,
@@ -81,7 +91,7 @@ def source_loss_with_feature_distance(
         ignore_index=module.ignore_index,
     )
     module.log("train/feature_distance", distance.detach(), batch_size=images.shape[0])
-    return loss + hp.feature_distance_weight * distance
+    return hp.feature_distance_weight * distance
 
 
 class DAFormerModule(DACSModule):

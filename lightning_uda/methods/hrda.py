@@ -41,9 +41,9 @@ from torch import Tensor, nn
 
 from lightning_uda.checks import check_range
 from lightning_uda.data.transforms import PSEUDO_LABEL_VALID
-from lightning_uda.losses import feature_distance, pixel_weighted_cross_entropy
+from lightning_uda.losses import pixel_weighted_cross_entropy
 from lightning_uda.methods.base import Losses
-from lightning_uda.methods.daformer import DAFormerModule
+from lightning_uda.methods.daformer import DAFormerModule, weighted_feature_distance
 from lightning_uda.models.hrda import HRDAOutput
 from lightning_uda.models.hrda_fusion import crop_box, sample_detail_box
 
@@ -224,23 +224,12 @@ class HRDAModule(DAFormerModule):
         )
         if self.imnet_encoder is None:
             return loss
-        hp = self.hparams
         with torch.no_grad():
             small = nn.functional.interpolate(
                 images, scale_factor=0.5, mode="bilinear", align_corners=False
             )
-            reference = list(self.imnet_encoder(small))[-1]
-        distance = feature_distance(
-            output.features[-1],
-            reference,
-            labels,
-            classes=hp.feature_distance_classes,
-            num_classes=self.num_classes,
-            min_ratio=hp.feature_distance_min_ratio,
-            ignore_index=self.ignore_index,
-        )
-        self.log("train/feature_distance", distance.detach(), batch_size=images.shape[0])
-        return loss + hp.feature_distance_weight * distance
+        # the context view's features against the frozen encoder's of the same half-size image
+        return loss + weighted_feature_distance(self, output.features[-1], small, labels)
 
     def mixed_loss(self, images: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
         """Multi-resolution pixel-weighted CE on mixed (or, with MIC, masked) images."""
