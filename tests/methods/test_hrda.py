@@ -319,3 +319,40 @@ def test_the_attention_and_detail_box_reach_an_offline_wandb_run(tmp_path, monke
             break
         time.sleep(0.25)
     assert len(rows) == 1 and rows[0]["train/scale_attention"]["count"] == 2
+
+
+def _hrda_data() -> UDADataModule:
+    return UDADataModule(
+        source=ToyScenes(4, seed=1, size=64),
+        target=_WithMargins(4, seed=2, shift=0.5, size=64),
+        val=ToyScenes(2, seed=3, shift=0.5, size=64),
+        batch_size=2,
+        num_workers=0,
+    )
+
+
+@pytest.mark.fit
+def test_resume_from_a_mid_run_checkpoint_is_exact(tmp_path):
+    # the detail boxes, the MIC masks and the frozen ImageNet encoder must all come back from the
+    # checkpoint: a resumed run ends bit-identical to the uninterrupted one
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    kwargs = dict(
+        masked_consistency_weight=1.0, mask_block_size=16, lr=1e-3, feature_distance_weight=0.005
+    )
+    uninterrupted = _module(**kwargs)
+    every_2 = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1)
+    trainer = cpu_trainer(tmp_path, max_steps=4, enable_checkpointing=True, callbacks=[every_2])
+    trainer.fit(uninterrupted, datamodule=_hrda_data())
+    resumed = _module(**kwargs)
+    with torch.no_grad():  # another initialisation: everything must come from the file
+        for parameter in resumed.parameters():
+            parameter.add_(0.5)
+    cpu_trainer(tmp_path / "resume", max_steps=4).fit(
+        resumed, datamodule=_hrda_data(), ckpt_path=tmp_path / "epoch=0-step=2.ckpt"
+    )
+    for part in ("model", "teacher", "imnet_encoder"):
+        want = getattr(uninterrupted, part).state_dict()
+        got = getattr(resumed, part).state_dict()
+        for key, value in want.items():
+            assert torch.equal(got[key], value), f"{part}.{key} differs after resume"

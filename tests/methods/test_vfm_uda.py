@@ -123,3 +123,57 @@ def test_settings_the_layer_wise_groups_replace_are_refused():
         _module(head_lr_mult=10.0)
     with pytest.raises(ValueError, match=r"poly_power=0.9 .*warm-up then linear"):
         _module(poly_power=0.9)
+
+
+def _fit_and_resume(tmp_path, make) -> tuple:
+    """An uninterrupted 4-step run and one resumed from its step-2 checkpoint, the latter built
+    with other trainable weights (everything must come from the file)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    torch.manual_seed(0)
+    uninterrupted = make()
+    every_2 = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1)
+    cpu_trainer(
+        tmp_path, max_steps=4, enable_checkpointing=True, callbacks=[every_2], logger=False
+    ).fit(uninterrupted, datamodule=_datamodule())
+    torch.manual_seed(123)
+    resumed = make()
+    with torch.no_grad():
+        for parameter in resumed.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.5)
+    cpu_trainer(tmp_path / "resume", max_steps=4, logger=False).fit(
+        resumed, datamodule=_datamodule(), ckpt_path=tmp_path / "epoch=0-step=2.ckpt"
+    )
+    return uninterrupted, resumed
+
+
+def _assert_same(want: torch.nn.Module, got: torch.nn.Module, part: str) -> None:
+    got_state = got.state_dict()
+    for key, value in want.state_dict().items():
+        assert torch.equal(got_state[key], value), f"{part}.{key} differs after resume"
+
+
+@pytest.mark.fit
+def test_vfm_uda_resumes_exactly(tmp_path):
+    uninterrupted, resumed = _fit_and_resume(tmp_path, _module)
+    for part in ("model", "teacher"):
+        _assert_same(getattr(uninterrupted, part), getattr(resumed, part), part)
+
+
+@pytest.mark.fit
+def test_vfm_uda_pp_resumes_exactly_with_the_frozen_model_rebuilt_from_its_file(tmp_path):
+    # the frozen DINOv2 is left out of the checkpoint and comes back from distill_checkpoint
+    from lightning_uda.models.vit import create_dinov2
+
+    distill_file = tmp_path / "dinov2_vits14_reg4.pth"
+    torch.save(create_dinov2("dinov2_vits14_reg").state_dict(), distill_file)
+
+    def make():
+        return _module(VFMUDAPlusPlusModule, distill_checkpoint=str(distill_file))
+
+    uninterrupted, resumed = _fit_and_resume(tmp_path, make)
+    checkpoint = torch.load(tmp_path / "epoch=0-step=2.ckpt", weights_only=False)
+    assert not any(key.startswith("distill_encoder.") for key in checkpoint["state_dict"])
+    for part in ("model", "teacher", "distill_encoder"):
+        _assert_same(getattr(uninterrupted, part), getattr(resumed, part), part)
